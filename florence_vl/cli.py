@@ -1,0 +1,219 @@
+"""`florence-vl`: a thin command line over the Python API. User mistakes end in one line and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import FlorenceVLError, InputError
+
+EXIT_USER_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line instead of usage + error
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _task_list() -> str:
+    from .florence2.tasks import TASKS
+
+    width = max(len(t.name) for t in TASKS.values())
+    needs = {"none": "", "text": " [--text]", "region": " [--region]"}
+    return "\n".join(f"  {t.name:<{width}}  {t.description}{needs[t.input]}" for t in TASKS.values())
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="nano", help="checkpoint directory or hub id, native or original "
+                   "Florence-2 layout (default: the shipped nano model)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
+                   help="weights dtype; auto keeps the checkpoint's, float16 becomes bfloat16 (default: auto)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="allow a pytorch_model.bin (pickle) checkpoint; only for files you trust")
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
+    p.add_argument("--beams", type=int, default=3, help="beam width; 1 = greedy (default: 3)")
+    p.add_argument("--max-new-tokens", type=int, default=1024, help="generation limit (default: 1024)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="florence-vl", description="Florence-2 and Florence-VL: run, convert, evaluate.",
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    tasks = sub.add_parser("tasks", help="run a Florence-2 task on images and print the results",
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           description="Run one Florence-2 task on one or more images.\n\nTasks:\n" + _task_list()
+                           + "\n\nCoordinates (--region and every output) are pixels of the original image.",
+                           epilog="example: florence-vl tasks photo.jpg --task OD --draw boxes.png")
+    tasks.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    tasks.add_argument("--task", required=True, help="task name, e.g. OD or <OD> (list: --help)")
+    tasks.add_argument("--text", help="phrase for CAPTION_TO_PHRASE_GROUNDING, REFERRING_EXPRESSION_SEGMENTATION, "
+                       "OPEN_VOCABULARY_DETECTION")
+    tasks.add_argument("--region", help="x0,y0,x1,y1 in pixels for the REGION_TO_* tasks")
+    tasks.add_argument("--json", action="store_true", help="print JSON instead of text")
+    tasks.add_argument("--draw", metavar="OUT.png", help="save a picture of the result (one image: this "
+                       "file; several: OUT-<image name>.png)")
+    _add_model_options(tasks)
+
+    predict = sub.add_parser("predict", help="run a task over a directory of images and write a results file",
+                             description="Run one Florence-2 task over every image in a directory.")
+    predict.add_argument("--task", required=True, help="task name, e.g. OD")
+    predict.add_argument("--images", required=True, metavar="DIR", help="directory of images")
+    predict.add_argument("--text", help="phrase for tasks that take one")
+    predict.add_argument("--region", help="x0,y0,x1,y1 for REGION_TO_* tasks (same region on every image)")
+    predict.add_argument("--format", choices=["json", "coco"], default="json",
+                         help="json: every result; coco: COCO results list for detection/segmentation")
+    predict.add_argument("--coco-gt", metavar="GT.json", help="COCO ground truth whose image and category ids "
+                         "the coco output should use")
+    predict.add_argument("--out", required=True, help="output file")
+    _add_model_options(predict)
+
+    convert = sub.add_parser("convert", help="convert a Florence-2 checkpoint to transformers' native layout",
+                             description="Load a Florence-2 checkpoint in either published layout (original "
+                             "microsoft/Florence-2-* or native florence-community/*) and write the native "
+                             "layout (safetensors), loadable by transformers' Florence2ForConditionalGeneration.")
+    convert.add_argument("source", help="checkpoint directory or hub id")
+    convert.add_argument("out", help="output directory")
+    convert.add_argument("--allow-pickle", action="store_true", help="allow a pytorch_model.bin (pickle) input")
+    return parser
+
+
+def _load_florence2(args):
+    from .florence2.runner import Florence2
+    from .models import resolve_model
+
+    return Florence2.from_pretrained(resolve_model(args.model, "florence2"), dtype=args.dtype,
+                                     allow_pickle=args.allow_pickle)
+
+
+def _check_generation_args(args) -> None:
+    if args.batch_size < 1:
+        raise InputError("--batch-size must be at least 1")
+    if args.beams < 1:
+        raise InputError("--beams must be at least 1")
+    if args.max_new_tokens < 1:
+        raise InputError("--max-new-tokens must be at least 1")
+
+
+def _format_result(result) -> str:
+    lines = [f"{result.image or '<image>'}  {result.task}  ({result.image_size[0]}x{result.image_size[1]})"]
+    out = result.output
+    if isinstance(out, str):
+        lines.append(f"  {out}")
+        return "\n".join(lines)
+    fmt = lambda xs: "[" + ", ".join(f"{x:.1f}" for x in xs) + "]"  # noqa: E731
+    scores = out.get("scores") or []
+    for key, label_key in (("bboxes", "labels"), ("bboxes", "bboxes_labels"), ("quad_boxes", "labels"),
+                           ("polygons", "labels"), ("polygons", "polygons_labels")):
+        if key in out and label_key in out:
+            for i, (shape, label) in enumerate(zip(out[key], out[label_key])):
+                score = f"  score {scores[i]:.3f}" if key == "bboxes" and i < len(scores) else ""
+                if key == "polygons":
+                    shape_text = f"{len(shape)} polygon(s), {sum(len(p) // 2 for p in shape)} points"
+                else:
+                    shape_text = fmt(shape)
+                lines.append(f"  {label or '-'}  {shape_text}{score}")
+    if len(lines) == 1:
+        lines.append("  (nothing found)")
+    return "\n".join(lines)
+
+
+def cmd_tasks(args) -> int:
+    from .florence2.runner import TaskRequest
+    from .florence2.tasks import build_prompt, get_task
+    from .images import load_image
+
+    _check_generation_args(args)
+    task = get_task(args.task)
+    images = [load_image(path) for path in args.images]  # every user mistake before the slow model load
+    for image in images:
+        build_prompt(task, args.text, args.region, image.size)
+    florence = _load_florence2(args)
+    requests = [TaskRequest(path, task.token, args.text, args.region) for path in args.images]
+    results = florence.run_requests(requests, batch_size=args.batch_size, num_beams=args.beams,
+                                    max_new_tokens=args.max_new_tokens, progress=len(requests) > 8)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+    else:
+        print("\n".join(_format_result(r) for r in results))
+    if args.draw:
+        from .viz import save_drawing
+
+        out = Path(args.draw)
+        for path, image, result in zip(args.images, images, results):
+            target = out if len(results) == 1 else out.with_name(f"{out.stem}-{Path(path).stem}{out.suffix or '.png'}")
+            save_drawing(image, result, target)
+            print(f"drew {target}", file=sys.stderr)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .florence2.export import write_coco_results, write_json
+    from .florence2.runner import TaskRequest
+    from .florence2.tasks import get_task
+    from .images import find_images
+
+    _check_generation_args(args)
+    task = get_task(args.task)
+    paths = find_images(args.images)
+    if not paths:
+        raise InputError(f"no images (.png, .jpg, ...) in {args.images}")
+    if args.format == "coco" and task.parse in ("pure_text", "ocr"):
+        raise InputError(f"{task.token} writes text; --format coco needs a detection or segmentation task")
+    image_ids = categories = None
+    if args.coco_gt:
+        gt = _read_json(args.coco_gt)
+        image_ids = {str(Path(args.images) / im["file_name"]): im["id"] for im in gt.get("images", [])}
+        categories = gt.get("categories")
+    florence = _load_florence2(args)
+    requests = [TaskRequest(p, task.token, args.text, args.region) for p in paths]
+    results = florence.run_requests(requests, batch_size=args.batch_size, num_beams=args.beams,
+                                    max_new_tokens=args.max_new_tokens, progress=True)
+    if args.format == "coco":
+        write_coco_results(results, args.out, image_ids=image_ids, categories=categories)
+    else:
+        write_json(results, args.out)
+    print(f"wrote {len(results)} results to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from .florence2.checkpoint import convert_checkpoint
+
+    out = convert_checkpoint(args.source, args.out, allow_pickle=args.allow_pickle)
+    print(f"wrote native Florence-2 checkpoint to {out}")
+    return 0
+
+
+def _read_json(path: str) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError(f"file not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InputError(f"{path} is not valid JSON ({error})") from None
+
+
+COMMANDS = {"tasks": cmd_tasks, "predict": cmd_predict, "convert": cmd_convert}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return EXIT_USER_ERROR
+    try:
+        return COMMANDS[args.command](args)
+    except FlorenceVLError as error:
+        print(f"florence-vl {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

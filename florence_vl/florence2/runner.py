@@ -1,0 +1,177 @@
+"""Run Florence-2 tasks on many images at once: batched, masked, greedy or beam search, with box scores.
+
+The encoder sees [<image> x N][<s> prompt </s>][<pad> ...]: image placeholders first (the native model
+scatters the DaViT features into them), then the prompt, right-padded so that every real token keeps
+the position it has when run alone, and the attention mask hides the padding from both the encoder's
+self-attention and the decoder's cross-attention (the published remote code attended to it). Batched
+results are therefore the one-at-a-time results; tests hold us to that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+from transformers import GenerationConfig
+
+from ..errors import InputError
+from ..images import load_image
+from .geometry import num_image_tokens, processor_image_size
+from .postprocess import decode_with_spans, parse_output
+from .results import TaskResult
+from .tasks import Task, build_prompt, get_task
+
+
+@dataclass
+class TaskRequest:
+    """One task on one image. `region` is "x0,y0,x1,y1" or four numbers, in pixels of that image."""
+
+    image: str | Path | Image.Image
+    task: str
+    text: str | None = None
+    region: str | Sequence[float] | None = None
+
+
+@dataclass
+class _Prepared:
+    index: int
+    image: Image.Image
+    source: str | None
+    task: Task
+    prompt: str
+    prompt_ids: list[int]
+
+
+class Florence2:
+    """A Florence-2 model with its tokenizer and image processor, ready to run tasks.
+
+    >>> florence = Florence2.from_pretrained("path/or/hub-id")
+    >>> [result] = florence.run(["cat.png"], "<OD>")
+    >>> result.output["bboxes"], result.output["labels"], result.output["scores"]
+    """
+
+    def __init__(self, model, tokenizer, image_processor, source: str = ""):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.source = source
+        self.image_size = processor_image_size(image_processor)
+        self.num_image_tokens = num_image_tokens(model.config.vision_config, self.image_size)
+        self.image_token_id = model.config.image_token_id
+        text_config = model.config.text_config
+        self.max_source_tokens = text_config.max_position_embeddings
+        # Never generate the image placeholder nor the rows that only pad the embedding matrix.
+        vocab = model.get_output_embeddings().weight.shape[0]
+        self._suppress = [self.image_token_id] + list(range(len(tokenizer), vocab))
+
+    @classmethod
+    def from_pretrained(cls, source: str | Path, *, dtype: torch.dtype | str | None = "auto",
+                        allow_pickle: bool = False) -> "Florence2":
+        """Load a local directory or hub id in the native or the original published layout.
+
+        dtype "auto" keeps the checkpoint's dtype, except float16, which is slow on CPU: it becomes bfloat16.
+        """
+        from .checkpoint import load_florence2
+
+        bundle = load_florence2(source, dtype=None if dtype == "auto" else dtype, allow_pickle=allow_pickle)
+        model = bundle.model
+        if dtype == "auto" and model.dtype == torch.float16 and model.device.type == "cpu":
+            model = model.to(torch.bfloat16)
+        return cls(model, bundle.tokenizer, bundle.image_processor, source=str(source))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    # -- public API -------------------------------------------------------------------------------
+
+    def run(self, images: Iterable[str | Path | Image.Image], task: str, text: str | None = None,
+            region: str | Sequence[float] | None = None, **options) -> list[TaskResult]:
+        """The same task on every image. Options: see `run_requests`."""
+        return self.run_requests([TaskRequest(image, task, text, region) for image in images], **options)
+
+    def run_requests(self, requests: Sequence[TaskRequest], *, batch_size: int = 8, num_beams: int = 3,
+                     max_new_tokens: int = 1024, with_scores: bool = True, progress: bool = False,
+                     **generation_kwargs) -> list[TaskResult]:
+        """Run many (image, task, input) requests, `batch_size` at a time; results keep the request order.
+
+        num_beams=1 is greedy search. Requests are grouped by prompt length to waste little on padding.
+        """
+        if batch_size < 1:
+            raise InputError("batch size must be at least 1")
+        tasks = [get_task(r.task) for r in requests]  # fail fast on an unknown task
+        order = sorted(range(len(requests)), key=lambda i: (len(tasks[i].prompt), i))
+        results: list[TaskResult | None] = [None] * len(requests)
+        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        bar = tqdm(total=len(requests), desc="florence-2", unit="img", disable=not progress)
+        for batch in batches:
+            prepared = [self._prepare(i, requests[i]) for i in batch]
+            for item, result in zip(prepared, self._generate(prepared, num_beams, max_new_tokens,
+                                                             with_scores, generation_kwargs)):
+                results[item.index] = result
+            bar.update(len(batch))
+        bar.close()
+        return results  # type: ignore[return-value]
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _prepare(self, index: int, request: TaskRequest) -> _Prepared:
+        image = load_image(request.image)
+        task = get_task(request.task)
+        prompt = build_prompt(task, request.text, request.region, image.size)
+        prompt_ids = self.tokenizer(prompt)["input_ids"]  # <s> prompt </s>
+        total = self.num_image_tokens + len(prompt_ids)
+        if total > self.max_source_tokens:
+            raise InputError(f"prompt too long: {len(prompt_ids)} tokens; this model reads at most "
+                             f"{self.max_source_tokens - self.num_image_tokens} prompt tokens")
+        source = None if isinstance(request.image, Image.Image) else str(request.image)
+        return _Prepared(index, image, source, task, prompt, prompt_ids)
+
+    def encode(self, prepared: Sequence[_Prepared]) -> dict[str, torch.Tensor]:
+        """Model inputs for a batch: image placeholders + prompt, right-padded, with the attention mask."""
+        pixel_values = self.image_processor([p.image for p in prepared], return_tensors="pt")["pixel_values"]
+        rows = [[self.image_token_id] * self.num_image_tokens + p.prompt_ids for p in prepared]
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+        attention_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+        return {"input_ids": input_ids, "attention_mask": attention_mask,
+                "pixel_values": pixel_values.to(self.model.device, self.dtype)}
+
+    def generation_config(self, num_beams: int, max_new_tokens: int, **overrides) -> GenerationConfig:
+        text = self.model.config.text_config
+        options = dict(max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
+                       early_stopping=num_beams > 1, decoder_start_token_id=text.decoder_start_token_id,
+                       bos_token_id=text.bos_token_id, eos_token_id=text.eos_token_id,
+                       pad_token_id=text.pad_token_id, suppress_tokens=self._suppress)
+        options.update(overrides)
+        return GenerationConfig(**options)
+
+    @torch.inference_mode()
+    def _generate(self, prepared: Sequence[_Prepared], num_beams: int, max_new_tokens: int, with_scores: bool,
+                  generation_kwargs: dict) -> list[TaskResult]:
+        inputs = {k: v.to(self.model.device) for k, v in self.encode(prepared).items()}
+        config = self.generation_config(num_beams, max_new_tokens, output_scores=with_scores,
+                                        return_dict_in_generate=True, **generation_kwargs)
+        out = self.model.generate(**inputs, generation_config=config)
+        sequences = out.sequences[:, 1:]  # drop the decoder start token
+        logprobs = None
+        if with_scores:
+            logprobs = self.model.compute_transition_scores(
+                out.sequences, out.scores, getattr(out, "beam_indices", None) if num_beams > 1 else None,
+                normalize_logits=num_beams == 1).float()
+        eos = self.model.config.text_config.eos_token_id
+        results = []
+        for row, item in enumerate(prepared):
+            ids = sequences[row].tolist()
+            end = ids.index(eos, 1) if eos in ids[1:] else len(ids)
+            scores = None if logprobs is None else logprobs[row, :end].tolist()
+            decoded = decode_with_spans(self.tokenizer, ids[:end], scores)
+            output = parse_output(item.task, decoded, item.image.size)
+            results.append(TaskResult(task=item.task.token, output=output, text=decoded.text,
+                                      image_size=item.image.size, image=item.source, prompt=item.prompt))
+        return results
