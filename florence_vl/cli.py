@@ -21,8 +21,7 @@ def _task_list() -> str:
     from .florence2.tasks import TASKS
 
     width = max(len(t.name) for t in TASKS.values())
-    needs = {"none": "", "text": " [--text]", "region": " [--region]"}
-    return "\n".join(f"  {t.name:<{width}}  {t.description}{needs[t.input]}" for t in TASKS.values())
+    return "\n".join(f"  {t.name:<{width}}  {t.description}" for t in TASKS.values())
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:

@@ -98,3 +98,21 @@ def test_user_mistakes(tiny_florence2, tmp_path):
         tiny_florence2.run([_image(0)], "<OPEN_VOCABULARY_DETECTION>", text="circle " * 400)
     with pytest.raises(InputError, match="batch size"):
         tiny_florence2.run([_image(0)], "<OD>", batch_size=0)
+
+
+def test_checkpoint_generation_settings_do_not_leak(tiny_florence2):
+    """The published configs carry no_repeat_ngram_size=3; our decoding must only change when asked."""
+    from transformers import GenerationConfig
+
+    from florence_vl.florence2.runner import Florence2
+
+    model = tiny_florence2.model
+    model.generation_config = GenerationConfig(no_repeat_ngram_size=3, num_beams=3, decoder_start_token_id=2,
+                                               eos_token_id=2, pad_token_id=1, bos_token_id=0)
+    runner = Florence2(model, tiny_florence2.tokenizer, tiny_florence2.image_processor)
+    options = dict(num_beams=1, max_new_tokens=40)
+    default = runner.run([_image(2)], "<OD>", **options)[0].text
+    explicit_off = runner.run([_image(2)], "<OD>", no_repeat_ngram_size=0, **options)[0].text
+    published = runner.run([_image(2)], "<OD>", no_repeat_ngram_size=3, **options)[0].text
+    assert default == explicit_off != published
+    assert runner.checkpoint_generation_config.no_repeat_ngram_size == 3

@@ -67,6 +67,13 @@ class Florence2:
         # Never generate the image placeholder nor the rows that only pad the embedding matrix.
         vocab = model.get_output_embeddings().weight.shape[0]
         self._suppress = [self.image_token_id] + list(range(len(tokenizer), vocab))
+        # transformers fills unset generation options from model.generation_config, so a checkpoint's
+        # settings (the published ones carry no_repeat_ngram_size=3) would silently change our decoding.
+        # The runner owns the defaults; the checkpoint's stay available here.
+        self.checkpoint_generation_config = model.generation_config
+        model.generation_config = GenerationConfig(
+            decoder_start_token_id=text_config.decoder_start_token_id, bos_token_id=text_config.bos_token_id,
+            eos_token_id=text_config.eos_token_id, pad_token_id=text_config.pad_token_id)
 
     @classmethod
     def from_pretrained(cls, source: str | Path, *, dtype: torch.dtype | str | None = "auto",
