@@ -116,3 +116,12 @@ def test_checkpoint_generation_settings_do_not_leak(tiny_florence2):
     published = runner.run([_image(2)], "<OD>", no_repeat_ngram_size=3, **options)[0].text
     assert default == explicit_off != published
     assert runner.checkpoint_generation_config.no_repeat_ngram_size == 3
+
+
+def test_generation_stops_at_the_decoder_position_limit(tiny_florence2):
+    """A model that never writes </s> must stop at the last learned position, not crash past it."""
+    limit = tiny_florence2.model.config.text_config.max_position_embeddings
+    [result] = tiny_florence2.run([_image(0)], "<CAPTION>", num_beams=1, max_new_tokens=10 * limit,
+                                  with_scores=False)
+    assert isinstance(result.output, str)
+    assert len(tiny_florence2.tokenizer(result.text, add_special_tokens=False)["input_ids"]) <= limit

@@ -151,6 +151,8 @@ class Florence2:
 
     def generation_config(self, num_beams: int, max_new_tokens: int, **overrides) -> GenerationConfig:
         text = self.model.config.text_config
+        # The decoder's learned positions end at max_position_embeddings: never generate past them.
+        max_new_tokens = min(max_new_tokens, text.max_position_embeddings)
         options = dict(max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
                        early_stopping=num_beams > 1, decoder_start_token_id=text.decoder_start_token_id,
                        bos_token_id=text.bos_token_id, eos_token_id=text.eos_token_id,
