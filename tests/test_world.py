@@ -9,10 +9,14 @@ import time
 import numpy as np
 import pytest
 
-from florence_vl.data import world
+from florence_vl.data import drawing, florence2_targets, grammar, masks, spatial, vocabulary, world
+from florence_vl.data.florence2_targets import florence2_examples
 from florence_vl.data.formats import read_json, read_jsonl, read_records, write_split
-from florence_vl.data.world import (COLORS, NOVEL_PAIRS, QA_TYPES, SCENE_KINDS, SHAPES, SIZES, florence2_examples,
-                                    generate_scene, iter_scenes, resolve_expression)
+from florence_vl.data.grammar import QA_TYPES, referring_expression, resolve_expression
+from florence_vl.data.spatial import reading_order_key
+from florence_vl.data.vocabulary import (BACKGROUNDS, CATEGORY_IDS, COLORS, NOVEL_PAIRS, POSITIONS, RELATIONS, SHAPES,
+                                         SIZES, lexicon)
+from florence_vl.data.world import SCENE_KINDS, SPLIT_SIZES, generate_scene, iter_scenes
 from florence_vl.florence2.postprocess import parse_output
 from florence_vl.florence2.tasks import TASKS, build_prompt
 
@@ -36,17 +40,34 @@ def objects_of(scenes):
 # ----------------------------------------------------------------------------------------- contract
 def test_vocabulary_is_the_contract():
     assert SHAPES == ("circle", "square", "triangle", "pentagon", "hexagon", "star", "diamond", "cross")
-    assert world.CATEGORY_IDS == {name: i + 1 for i, name in enumerate(SHAPES)}
+    assert CATEGORY_IDS == {name: i + 1 for i, name in enumerate(SHAPES)}
     assert list(COLORS) == ["red", "orange", "yellow", "green", "blue", "purple", "black", "white"]
     assert all(len(rgb) == 3 and all(0 <= c <= 255 for c in rgb) for rgb in COLORS.values())
     assert SIZES == {"small": (0.08, 0.15), "medium": (0.15, 0.30), "large": (0.30, 0.50)}
-    assert world.POSITIONS == ("left", "right", "top", "bottom", "center")
-    assert world.RELATIONS == ("left of", "right of", "above", "below")
-    words = world.lexicon()
+    assert POSITIONS == ("left", "right", "top", "bottom", "center")
+    assert RELATIONS == ("left of", "right of", "above", "below")
+    words = lexicon()
     assert 200 <= len(words) <= 1000 and len(set(words)) == len(words)
     assert all(w.isalpha() and w.islower() for w in words)
     assert not set(words) & (set(SHAPES) | set(COLORS) | set(SIZES))
     assert len(NOVEL_PAIRS) >= 5 and {("purple", "star"), ("green", "triangle"), ("orange", "cross")} <= NOVEL_PAIRS
+
+
+def test_world_reexports_the_public_names_of_its_parts():
+    # world.py is the public face of the nano world: `from florence_vl.data.world import X` keeps working
+    # for the names that moved to vocabulary.py, spatial.py, grammar.py and florence2_targets.py.
+    for module in (vocabulary, spatial, grammar, florence2_targets):
+        for name in dir(module):
+            if not name.startswith("_") and name in world.__all__:
+                assert getattr(world, name) is getattr(module, name), name
+    for name in ("SHAPES", "CATEGORY_IDS", "COLORS", "SIZES", "POSITIONS", "RELATIONS", "NOVEL_PAIRS", "BACKGROUNDS",
+                 "lexicon", "random_word", "reading_order_key", "position_of", "relation", "box_center", "plural",
+                 "QA_TYPES", "referring_expression", "resolve_expression", "florence2_examples", "Scene",
+                 "generate_scene", "iter_scenes", "SCENE_KINDS", "SPLITS", "SPLIT_SIZES"):
+        assert name in world.__all__ and hasattr(world, name), name
+    # the parts form a chain without cycles: none of them imports world.py at run time
+    for module in (vocabulary, spatial, masks, drawing, grammar, florence2_targets):
+        assert not hasattr(module, "world") and not hasattr(module, "generate_scene"), module.__name__
 
 
 @pytest.mark.parametrize("split", ["train", "test"])
@@ -72,7 +93,7 @@ def test_sizes_and_aspect_ratios():
 def test_iter_scenes_streams_and_fixed_sets():
     stream = iter_scenes("train", start_seed=5)
     assert [next(stream).record["seed"] for _ in range(3)] == [5, 6, 7]
-    tail = list(iter_scenes("test", start_seed=world.SPLIT_SIZES["test"] - 2))
+    tail = list(iter_scenes("test", start_seed=SPLIT_SIZES["test"] - 2))
     assert [s.record["seed"] for s in tail] == [498, 499]
     with pytest.raises(ValueError):
         generate_scene(0, "nope")
@@ -94,7 +115,7 @@ def test_boxes_are_the_exact_extent_of_the_visible_masks(scenes):
 
 
 def _bg_pixel(scene):
-    return np.array(world.BACKGROUNDS[scene.record["background"]["color"]][0], float)
+    return np.array(BACKGROUNDS[scene.record["background"]["color"]][0], float)
 
 
 def test_boxes_tightly_enclose_the_drawn_pixels():
@@ -240,7 +261,7 @@ def test_resolve_expression_semantics():
     assert resolve_expression("the large shape", record) == [2]
     assert resolve_expression("the green circle", record) == []
     assert resolve_expression("a red circle", record) == []
-    assert world.referring_expression(record["objects"][1], record) == "the circle on the right"
+    assert referring_expression(record["objects"][1], record) == "the circle on the right"
 
 
 def test_held_out_pairs_only_in_test_novel():
@@ -319,8 +340,8 @@ def test_florence2_examples_cover_every_task_and_decode_back(scenes):
     for scene in picked:
         record = scene.record
         size = tuple(record["size"])
-        objects = sorted(record["objects"], key=lambda o: world.reading_order_key(o["bbox"]))
-        texts = sorted(record["texts"], key=lambda t: world.reading_order_key(t["bbox"]))
+        objects = sorted(record["objects"], key=lambda o: reading_order_key(o["bbox"]))
+        texts = sorted(record["texts"], key=lambda t: reading_order_key(t["bbox"]))
         by_box = {tuple(o["bbox"]): o for o in objects}
         for ex in florence2_examples(scene):
             task = ex["task"]

@@ -26,7 +26,9 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from .world import CATEGORY_IDS, florence2_examples, generate_scene
+from .florence2_targets import florence2_examples
+from .vocabulary import CATEGORY_IDS
+from .world import generate_scene
 
 POPE_SETTINGS = ("random", "popular", "adversarial")
 CAPTION_LEVELS = {"brief": "captions_coco.json", "detailed": "captions_detailed_coco.json",
