@@ -37,6 +37,16 @@ PRESETS: dict[str, dict] = {
         "text": dict(_BART, d_model=1024, encoder_layers=12, decoder_layers=12, encoder_attention_heads=16,
                      decoder_attention_heads=16, encoder_ffn_dim=4096, decoder_ffn_dim=4096),
     },
+    # Florence-2-nano: the shipped model of the nano world (256 px scenes -> 8x8 + 1 = 65 image tokens).
+    "nano": {
+        "image_size": 256,
+        "vision": dict(_DAVIT, depths=[1, 1, 2, 1], embed_dim=[32, 64, 128, 256], num_heads=[1, 2, 4, 8],
+                       num_groups=[1, 2, 4, 8], projection_dim=256, window_size=4, max_position_embeddings=16,
+                       max_temporal_embeddings=4, drop_path_rate=0.0),
+        "text": dict(_BART, d_model=256, encoder_layers=3, decoder_layers=3, encoder_attention_heads=4,
+                     decoder_attention_heads=4, encoder_ffn_dim=1024, decoder_ffn_dim=1024, dropout=0.0,
+                     max_position_embeddings=512),
+    },
     "tiny": {
         "image_size": 64,
         "vision": dict(_DAVIT, depths=[1, 1, 1, 1], embed_dim=[8, 16, 32, 64], num_heads=[1, 2, 4, 8],

@@ -1,0 +1,131 @@
+"""The one training loop every recipe uses: accelerate for precision and devices, resumable checkpoints.
+
+A recipe supplies the model, a `batches(step)` function that returns the batch of a given step (data order is
+a pure function of the step, so a resumed run sees exactly the batches the interrupted one would have), and a
+`loss_fn(model, batch)`. The loop owns the optimizer, the schedule, logging and checkpoints:
+- checkpoints/step-N/ hold model, optimizer, scheduler and RNG state (accelerate's save_state), written to a
+  temporary folder and renamed, so a crash mid-save never leaves a half checkpoint as the latest one;
+- log.jsonl gets one line per logged step {step, loss, lr, seconds}.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+
+@dataclass
+class LoopConfig:
+    steps: int
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    precision: str = "bf16"          # "bf16" (autocast) or "no"
+    log_every: int = 10
+    save_every: int = 500
+    keep_checkpoints: int = 2
+    seed: int = 0
+
+
+def cosine_schedule(config: LoopConfig) -> Callable[[int], float]:
+    """Linear warm-up, then cosine decay to min_lr_ratio of the peak."""
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        progress = min(1.0, (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps))
+        return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+def _checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
+    found = []
+    for path in (out_dir / "checkpoints").glob("step-*"):
+        if path.is_dir() and path.name[5:].isdigit() and (path / "loop.json").exists():
+            found.append((int(path.name[5:]), path))
+    return sorted(found)
+
+
+def train(model: torch.nn.Module, batches: Callable[[int], Any], loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor],
+          config: LoopConfig, out_dir: str | Path, *, resume: bool = True, progress: bool = True,
+          on_checkpoint: Callable[[int, torch.nn.Module], None] | None = None) -> list[dict]:
+    """Train `model` for config.steps steps; returns the logged records. Resumes from the latest checkpoint."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.precision)
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(config))
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+
+    start = 0
+    existing = _checkpoints(out_dir) if resume else []
+    if existing:
+        step, path = existing[-1]
+        accelerator.load_state(str(path))
+        start = step
+    log_path = out_dir / "log.jsonl"
+    records = []
+    if start and log_path.exists():  # keep the log of the steps before the checkpoint only
+        records = [r for r in map(json.loads, log_path.read_text().splitlines()) if r["step"] <= start]
+    log_path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    model.train()
+    bar = tqdm(total=config.steps, initial=start, desc="train", unit="step", disable=not progress)
+    started, window = time.perf_counter(), []
+    for step in range(start, config.steps):
+        batch = batches(step)
+        with accelerator.autocast():
+            loss = loss_fn(model, batch)
+        accelerator.backward(loss)
+        if config.grad_clip:
+            accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        window.append(loss.item())
+        done = step + 1
+        if done % config.log_every == 0 or done == config.steps:
+            record = {"step": done, "loss": sum(window) / len(window), "lr": scheduler.get_last_lr()[0],
+                      "seconds": round(time.perf_counter() - started, 2)}
+            records.append(record)
+            with log_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            bar.set_postfix(loss=f"{record['loss']:.3f}")
+            window = []
+        bar.update(1)
+        if done % config.save_every == 0 or done == config.steps:
+            save_checkpoint(accelerator, out_dir, done, config.keep_checkpoints)
+            if on_checkpoint is not None:
+                on_checkpoint(done, accelerator.unwrap_model(model))
+    bar.close()
+    return records
+
+
+def save_checkpoint(accelerator: Accelerator, out_dir: Path, step: int, keep: int) -> Path:
+    """accelerate's full training state, written beside its final place and renamed into it."""
+    final = out_dir / "checkpoints" / f"step-{step}"
+    tmp = final.with_name(f".tmp-step-{step}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    (tmp / "loop.json").write_text(json.dumps({"step": step}))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for _, old in _checkpoints(out_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
