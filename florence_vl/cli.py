@@ -76,6 +76,30 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("source", help="checkpoint directory or hub id")
     convert.add_argument("out", help="output directory")
     convert.add_argument("--allow-pickle", action="store_true", help="allow a pytorch_model.bin (pickle) input")
+
+    world = sub.add_parser("world", help="the nano world: generate image splits with every annotation format")
+    world_sub = world.add_subparsers(dest="world_command", metavar="ACTION", parser_class=_Parser, required=True)
+    generate = world_sub.add_parser("generate", help="write a split: images + COCO, OCR, captions, Florence-2 "
+                                    "tasks, LLaVA, VQA and POPE files",
+                                    description="Generate a deterministic split of the nano world (see WORLD.md).")
+    generate.add_argument("--split", default="test", choices=["train", "val", "test", "test-novel"])
+    generate.add_argument("--n", type=int, default=500, help="number of images (default: 500)")
+    generate.add_argument("--out", required=True, help="output directory")
+    generate.add_argument("--seed", type=int, default=0, help="first scene seed (default: 0)")
+
+    train = sub.add_parser("train", help="train a model from a YAML recipe (resumes from its last checkpoint)")
+    train.add_argument("stage", choices=["florence2"], help="what to train")
+    train.add_argument("config", help="YAML recipe, e.g. configs/florence2-nano.yaml")
+    train.add_argument("--out", help="output directory (overrides out_dir of the recipe)")
+    train.add_argument("--steps", type=int, help="number of steps (overrides the recipe)")
+
+    evaluate = sub.add_parser("eval", help="evaluate a model on a generated world split and print a table")
+    evaluate.add_argument("stage", choices=["florence2"], help="what to evaluate")
+    evaluate.add_argument("--data", required=True, help="directory written by `florence-vl world generate`")
+    evaluate.add_argument("--out", help="write the metrics as JSON here")
+    evaluate.add_argument("--limit", type=int, help="evaluate only the first N images")
+    _add_model_options(evaluate)
+    evaluate.set_defaults(beams=1, max_new_tokens=256)
     return parser
 
 
@@ -186,6 +210,63 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def cmd_world(args) -> int:
+    from .data.formats import write_split
+
+    if args.n < 1:
+        raise InputError("--n must be at least 1")
+    paths = write_split(args.split, args.n, args.out, seed=args.seed, progress=True)
+    print(f"wrote {args.n} {args.split} images and {len(paths)} files to {args.out}")
+    return 0
+
+
+def _read_yaml(path: str) -> dict:
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError(f"recipe not found: {path}") from None
+    except yaml.YAMLError as error:
+        raise InputError(f"{path} is not valid YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path} must hold a mapping of recipe fields")
+    return data
+
+
+def cmd_train(args) -> int:
+    from .train.florence2 import Florence2Recipe, run
+
+    data = _read_yaml(args.config)
+    if args.out:
+        data["out_dir"] = args.out
+    if args.steps:
+        data.setdefault("loop", {})["steps"] = args.steps
+    try:
+        recipe = Florence2Recipe.from_dict(data)
+    except TypeError as error:
+        raise InputError(f"{args.config}: {error}") from None
+    print(f"wrote {run(recipe)}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .eval.florence2_eval import evaluate_florence2, report_table, write_report
+
+    _check_generation_args(args)
+    if not (Path(args.data) / "records.jsonl").exists():
+        raise InputError(f"{args.data} is not a generated split (no records.jsonl); "
+                         "make one with `florence-vl world generate`")
+    florence = _load_florence2(args)
+    result = evaluate_florence2(florence, args.data, limit=args.limit, batch_size=args.batch_size,
+                                num_beams=args.beams, max_new_tokens=args.max_new_tokens)
+    print(report_table(result))
+    if args.out:
+        write_report(result, args.out)
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
 def _read_json(path: str) -> dict:
     try:
         return json.loads(Path(path).read_text())
@@ -195,7 +276,8 @@ def _read_json(path: str) -> dict:
         raise InputError(f"{path} is not valid JSON ({error})") from None
 
 
-COMMANDS = {"tasks": cmd_tasks, "predict": cmd_predict, "convert": cmd_convert}
+COMMANDS = {"tasks": cmd_tasks, "predict": cmd_predict, "convert": cmd_convert, "world": cmd_world,
+            "train": cmd_train, "eval": cmd_eval}
 
 
 def main(argv: list[str] | None = None) -> int:
