@@ -88,8 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, default=0, help="first scene seed (default: 0)")
 
     train = sub.add_parser("train", help="train a model from a YAML recipe (resumes from its last checkpoint)")
-    train.add_argument("stage", choices=["florence2"], help="what to train")
-    train.add_argument("config", help="YAML recipe, e.g. configs/florence2-nano.yaml")
+    train.add_argument("stage", choices=["unicl", "florence2"],
+                       help="unicl: UniCL-nano (Florence); florence2: Florence-2-nano (DaViT from UniCL-nano)")
+    train.add_argument("config", help="YAML recipe, e.g. configs/unicl-nano.yaml or configs/florence2-nano.yaml")
     train.add_argument("--out", help="output directory (overrides out_dir of the recipe)")
     train.add_argument("--steps", type=int, help="number of steps (overrides the recipe)")
 
@@ -235,7 +236,10 @@ def _read_yaml(path: str) -> dict:
 
 
 def cmd_train(args) -> int:
-    from .train.florence2 import Florence2Recipe, run
+    if args.stage == "unicl":
+        from .florence.train import UniCLRecipe as Recipe, run
+    else:
+        from .train.florence2 import Florence2Recipe as Recipe, run
 
     data = _read_yaml(args.config)
     if args.out:
@@ -243,8 +247,8 @@ def cmd_train(args) -> int:
     if args.steps:
         data.setdefault("loop", {})["steps"] = args.steps
     try:
-        recipe = Florence2Recipe.from_dict(data)
-    except TypeError as error:
+        recipe = Recipe.from_dict(data)
+    except (TypeError, ValueError) as error:
         raise InputError(f"{args.config}: {error}") from None
     print(f"wrote {run(recipe)}")
     return 0
