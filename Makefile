@@ -6,7 +6,7 @@ MODEL ?= nano
 TASK ?= OD
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench nano eval-nano clean
 
 $(BIN)/florence-vl: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -29,6 +29,21 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# The nano lineage from scratch: UniCL-nano, then Florence-2-nano with its DaViT initialised from UniCL-nano,
+# then the evaluation on test and test-novel. Copy runs/florence2-nano/model to models/nano/florence2 to ship it.
+nano: install
+	$(BIN)/florence-vl train unicl configs/unicl-nano.yaml
+	$(BIN)/florence-vl train florence2 configs/florence2-nano.yaml
+	$(MAKE) eval-nano NANO_MODEL=runs/florence2-nano/model
+
+NANO_MODEL ?= nano
+EVAL_LIMIT ?= 200
+eval-nano: install
+	$(BIN)/florence-vl world generate --split test --n 500 --out data/test
+	$(BIN)/florence-vl world generate --split test-novel --n 500 --out data/test-novel
+	$(BIN)/florence-vl eval florence2 --data data/test --model $(NANO_MODEL) --limit $(EVAL_LIMIT) --out docs/results/florence2-nano-test.json
+	$(BIN)/florence-vl eval florence2 --data data/test-novel --model $(NANO_MODEL) --limit $(EVAL_LIMIT) --out docs/results/florence2-nano-test-novel.json
 
 bench: install
 	$(BIN)/python bench/florence2_batching.py --quick
