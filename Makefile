@@ -46,7 +46,7 @@ eval-nano: install
 	$(BIN)/florence-vl eval florence2 --data data/test-novel --model $(NANO_MODEL) --limit $(EVAL_LIMIT) --out docs/results/florence2-nano-test-novel.json
 
 bench: install
-	$(BIN)/python bench/florence2_batching.py --quick
+	$(BIN)/python bench/florence2_batching.py --quick --dtype fp32
 
 clean:
 	rm -rf out .pytest_cache .hypothesis
