@@ -127,6 +127,13 @@ def stage_timer(model):
             h.remove()
 
 
+def malloc_setting() -> str:
+    """The glibc malloc tuning in effect (docs/performance.md: it decides whether batching pays here)."""
+    tuned = [f"{k}={os.environ[k]}" for k in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_",
+                                              "LD_PRELOAD") if os.environ.get(k)]
+    return " ".join(tuned) or "glibc defaults"
+
+
 def _busy_cpu_seconds() -> float | None:
     """CPU seconds all processes on this machine have used (Linux /proc/stat), None elsewhere."""
     try:
@@ -185,7 +192,7 @@ def run(quick: bool = False, dtypes: tuple[str, ...] = ("fp32", "bf16"), images:
     say(f"built Florence-2-base ({info['params'] / 1e6:.1f}M params, vocab {VOCAB_SIZE}) in {info['model_s']:.1f} s; "
         f"tokenizer ({info['tokenizer_len']} tokens) in {info['tokenizer_s']:.2f} s; "
         f"threads {torch.get_num_threads()}, input {image_size} px, {florence.num_image_tokens} image tokens, "
-        f"{new_tokens} new tokens, beams {num_beams}")
+        f"{new_tokens} new tokens, beams {num_beams}; malloc: {malloc_setting()}")
     options = dict(num_beams=num_beams, max_new_tokens=new_tokens, with_scores=True,
                    suppress_tokens=suppressed_ids(florence))
     order = sorted(dtypes, key=lambda d: d != "fp32")
