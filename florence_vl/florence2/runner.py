@@ -36,6 +36,16 @@ class TaskRequest:
     region: str | Sequence[float] | None = None
 
 
+def encoder_rows(image_token_id: int, num_image_tokens: int, prompts_ids: Sequence[list[int]],
+                 pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[<image> x N][<s> prompt </s>], right-padded: (input_ids, attention_mask) for training and inference."""
+    rows = [[image_token_id] * num_image_tokens + list(ids) for ids in prompts_ids]
+    width = max(len(r) for r in rows)
+    input_ids = torch.tensor([r + [pad_token_id] * (width - len(r)) for r in rows])
+    attention_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    return input_ids, attention_mask
+
+
 @dataclass
 class _Prepared:
     index: int
@@ -141,11 +151,8 @@ class Florence2:
     def encode(self, prepared: Sequence[_Prepared]) -> dict[str, torch.Tensor]:
         """Model inputs for a batch: image placeholders + prompt, right-padded, with the attention mask."""
         pixel_values = self.image_processor([p.image for p in prepared], return_tensors="pt")["pixel_values"]
-        rows = [[self.image_token_id] * self.num_image_tokens + p.prompt_ids for p in prepared]
-        width = max(len(r) for r in rows)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
-        attention_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+        input_ids, attention_mask = encoder_rows(self.image_token_id, self.num_image_tokens,
+                                                 [p.prompt_ids for p in prepared], self.tokenizer.pad_token_id)
         return {"input_ids": input_ids, "attention_mask": attention_mask,
                 "pixel_values": pixel_values.to(self.model.device, self.dtype)}
 

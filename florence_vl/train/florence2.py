@@ -18,6 +18,7 @@ from transformers import Florence2ForConditionalGeneration
 from ..data.world import florence2_examples, generate_scene, iter_scenes
 from ..florence2.checkpoint import Florence2Bundle, save_florence2
 from ..florence2.geometry import florence2_config, image_processor, num_image_tokens
+from ..florence2.runner import encoder_rows
 from ..florence2.special_tokens import train_bart_tokenizer
 from .loop import LoopConfig, train
 
@@ -112,19 +113,19 @@ class WorldBatches:
     def __call__(self, step: int) -> dict:
         picked = self.examples(step)
         pixel_values = self.processor([image for image, _ in picked], return_tensors="pt")["pixel_values"]
-        rows, targets = [], []
+        prompts, targets = [], []
         for _, examples in picked:
             for example in examples:
-                rows.append([self.image_token_id] * self.n_image + self.tokenizer(example["prompt"])["input_ids"])
-                ids = self.tokenizer(example["target"])["input_ids"][: self.recipe.max_target_tokens]
-                targets.append(ids)
-        pad = self.tokenizer.pad_token_id
-        width, target_width = max(map(len, rows)), max(map(len, targets))
+                prompts.append(self.tokenizer(example["prompt"])["input_ids"])
+                targets.append(self.tokenizer(example["target"])["input_ids"][: self.recipe.max_target_tokens])
+        input_ids, attention_mask = encoder_rows(self.image_token_id, self.n_image, prompts,
+                                                 self.tokenizer.pad_token_id)
+        target_width = max(map(len, targets))
         return {
             "pixel_values": pixel_values,
             "tasks_per_image": self.recipe.tasks_per_image,
-            "input_ids": torch.tensor([r + [pad] * (width - len(r)) for r in rows]),
-            "attention_mask": torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows]),
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
             "labels": torch.tensor([t + [-100] * (target_width - len(t)) for t in targets]),
         }
 
