@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .errors import FlorenceVLError, InputError
+from .serve.server import add_arguments as add_serve_arguments
 
 EXIT_USER_ERROR = 2
 
@@ -37,7 +38,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="florence-vl", description="Florence-2 and Florence-VL: run, convert, evaluate.",
+    parser = _Parser(prog="florence-vl", description="Florence-2 and Florence-VL: run, serve, convert, evaluate.",
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
@@ -68,6 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
                          "the coco output should use")
     predict.add_argument("--out", required=True, help="output file")
     _add_model_options(predict)
+
+    serve = sub.add_parser("serve", help="serve Florence-2 tasks over HTTP (JSON API + web page), batching "
+                           "requests from many clients",
+                           description="Serve a model over HTTP: GET / (web page), GET /health, GET /v1/models, "
+                           "POST /v1/florence2/tasks. Requests arriving within --batch-window-ms run as one batch "
+                           "of up to --batch-size; a full queue answers 503 with Retry-After.",
+                           epilog="example: florence-vl serve --model DIR --port 8000 --allow-dir ./images")
+    _add_model_options(serve)
+    add_serve_arguments(serve)
 
     convert = sub.add_parser("convert", help="convert a Florence-2 checkpoint to transformers' native layout",
                              description="Load a Florence-2 checkpoint in either published layout (original "
@@ -203,6 +213,13 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from .serve.server import serve
+
+    _check_generation_args(args)
+    return serve(args, _load_florence2)
+
+
 def cmd_convert(args) -> int:
     from .florence2.checkpoint import convert_checkpoint
 
@@ -280,7 +297,7 @@ def _read_json(path: str) -> dict:
         raise InputError(f"{path} is not valid JSON ({error})") from None
 
 
-COMMANDS = {"tasks": cmd_tasks, "predict": cmd_predict, "convert": cmd_convert, "world": cmd_world,
+COMMANDS = {"tasks": cmd_tasks, "predict": cmd_predict, "serve": cmd_serve, "convert": cmd_convert, "world": cmd_world,
             "train": cmd_train, "eval": cmd_eval}
 
 

@@ -134,6 +134,11 @@ class Florence2:
         bar.close()
         return results  # type: ignore[return-value]
 
+    def check_request(self, request: TaskRequest) -> str:
+        """The prompt `request` would run with, or the InputError `run_requests` would raise for it (unknown
+        task, missing or extra input, unreadable image, prompt longer than the model reads). Generates nothing."""
+        return self._prepare(0, request).prompt
+
     # -- internals --------------------------------------------------------------------------------
 
     def _prepare(self, index: int, request: TaskRequest) -> _Prepared:
