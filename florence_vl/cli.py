@@ -58,13 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(tasks)
 
     predict = sub.add_parser("predict", help="run a task over a directory of images and write a results file",
-                             description="Run one Florence-2 task over every image in a directory.")
+                             description="Run one Florence-2 task over every image in a directory, in batches. "
+                             "Resumable: a re-run skips the images already done. An image that cannot be "
+                             "read is named, skipped and counted; the job goes on.")
     predict.add_argument("--task", required=True, help="task name, e.g. OD")
     predict.add_argument("--images", required=True, metavar="DIR", help="directory of images")
     predict.add_argument("--text", help="phrase for tasks that take one")
     predict.add_argument("--region", help="x0,y0,x1,y1 for REGION_TO_* tasks (same region on every image)")
-    predict.add_argument("--format", choices=["json", "coco"], default="json",
-                         help="json: every result; coco: COCO results list for detection/segmentation")
+    predict.add_argument("--format", choices=["json", "jsonl", "coco"], default="json",
+                         help="json: every result; jsonl: one result per line, written as it goes; coco: COCO "
+                         "results list for detection/segmentation. Re-running skips finished images (json and "
+                         "coco keep them in OUT.results.jsonl)")
     predict.add_argument("--coco-gt", metavar="GT.json", help="COCO ground truth whose image and category ids "
                          "the coco output should use")
     predict.add_argument("--out", required=True, help="output file")
@@ -184,9 +188,8 @@ def cmd_tasks(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .florence2.export import write_coco_results, write_json
-    from .florence2.runner import TaskRequest
-    from .florence2.tasks import get_task
+    from .florence2 import predict_job as job
+    from .florence2.tasks import build_prompt, get_task
     from .images import find_images
 
     _check_generation_args(args)
@@ -196,20 +199,29 @@ def cmd_predict(args) -> int:
         raise InputError(f"no images (.png, .jpg, ...) in {args.images}")
     if args.format == "coco" and task.parse in ("pure_text", "ocr"):
         raise InputError(f"{task.token} writes text; --format coco needs a detection or segmentation task")
+    if Path(args.out).is_dir():
+        raise InputError(f"--out {args.out} is a directory; give a file name")
+    build_prompt(task, args.text, args.region, (1000, 1000))  # --text / --region fit the task
     image_ids = categories = None
     if args.coco_gt:
         gt = _read_json(args.coco_gt)
         image_ids = {str(Path(args.images) / im["file_name"]): im["id"] for im in gt.get("images", [])}
         categories = gt.get("categories")
-    florence = _load_florence2(args)
-    requests = [TaskRequest(p, task.token, args.text, args.region) for p in paths]
-    results = florence.run_requests(requests, batch_size=args.batch_size, num_beams=args.beams,
-                                    max_new_tokens=args.max_new_tokens, progress=True)
-    if args.format == "coco":
-        write_coco_results(results, args.out, image_ids=image_ids, categories=categories)
-    else:
-        write_json(results, args.out)
-    print(f"wrote {len(results)} results to {args.out}", file=sys.stderr)
+    journal = job.journal_path(args.out, args.format)
+    plan = job.plan_job(paths, task.token, journal, log=job.stderr_log)  # bad images named before the model loads
+    if not plan.todo and not plan.done:
+        raise InputError(f"none of the {len(paths)} images in {args.images} can be used "
+                         f"(first: {plan.skipped[0][1]})")
+    if plan.todo:
+        if plan.done:
+            print(f"resuming: {len(plan.done)} of {len(paths)} images already in {journal}", file=sys.stderr)
+        job.run_job(_load_florence2(args), plan, journal, task=task.token, text=args.text, region=args.region,
+                    batch_size=args.batch_size, num_beams=args.beams, max_new_tokens=args.max_new_tokens,
+                    log=job.stderr_log)
+    count = job.finish_job(args.format, Path(args.out), journal, paths, task.token, image_ids=image_ids,
+                           categories=categories)
+    skipped = f", skipped {len(plan.skipped)} unusable image(s) (named above)" if plan.skipped else ""
+    print(f"wrote {args.out}: {count} results ({len(plan.done)} from before{skipped})", file=sys.stderr)
     return 0
 
 
