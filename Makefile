@@ -6,7 +6,7 @@ MODEL ?= nano
 TASK ?= OD
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo test bench nano eval-nano clean
+.PHONY: install browser demo test bench bench-serve nano eval-nano clean
 
 $(BIN)/florence-vl: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -27,7 +27,13 @@ demo: install
 	$(BIN)/florence-vl tasks out/sample.png --task $(TASK) \
 		--model $(if $(filter random-tiny,$(MODEL)),out/random-tiny,$(MODEL)) --draw out/sample-od.png
 
-test: install
+# The web page tests drive Debian's Chromium, headless; install it when missing (root + apt-get). Where it
+# cannot be installed those tests skip and say so.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 \
+		&& echo "installed chromium" || echo "note: chromium could not be installed; the web page tests will skip"; }
+
+test: install browser
 	$(BIN)/python -m pytest
 
 # The nano lineage from scratch: UniCL-nano, then Florence-2-nano with its DaViT initialised from UniCL-nano,

@@ -116,6 +116,7 @@ function setupImageInput() {
 
 // -- the task ---------------------------------------------------------------------------------------
 
+function plainWords(description) { return description.replace(/--(text|region)/g, "the $1"); }
 function currentTask() { return state.tasks[$("task-select").value]; }
 function needsRegion() { const t = currentTask(); return t && t.input === "region"; }
 
@@ -123,7 +124,7 @@ function updateForm() {
   const task = currentTask();
   $("text-row").hidden = !task || task.input !== "text";
   $("region-row").hidden = !task || task.input !== "region";
-  $("task-description").textContent = task ? task.description.replace(/--(text|region)/g, "the $1") : "";
+  $("task-description").textContent = task ? plainWords(task.description) : "";
   $("run-button").disabled = !(task && state.dataUrl);
 }
 
@@ -186,7 +187,7 @@ async function init() {
     const table = await getJSON("/v1/florence2/tasks");
     for (const task of table.data) {
       state.tasks[task.name] = task;
-      $("task-select").add(new Option(`${task.name} — ${task.description.split(":")[0]}`, task.name));
+      $("task-select").add(new Option(`${task.name} — ${plainWords(task.description).split(":")[0]}`, task.name));
     }
     $("beams-input").max = table.limits.max_beams;
     $("beams-input").value = table.limits.default_beams;
