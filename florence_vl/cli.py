@@ -159,7 +159,6 @@ def _format_result(result) -> str:
 
 
 def cmd_tasks(args) -> int:
-    from .florence2.runner import TaskRequest
     from .florence2.tasks import build_prompt, get_task
     from .images import load_image
 
@@ -168,6 +167,8 @@ def cmd_tasks(args) -> int:
     images = [load_image(path) for path in args.images]  # every user mistake before the slow model load
     for image in images:
         build_prompt(task, args.text, args.region, image.size)
+    from .florence2.runner import TaskRequest  # torch and transformers: only once the input is known good
+
     florence = _load_florence2(args)
     requests = [TaskRequest(path, task.token, args.text, args.region) for path in args.images]
     results = florence.run_requests(requests, batch_size=args.batch_size, num_beams=args.beams,
@@ -327,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as error:  # the machine, not the input: disk full, permission denied on the output
+        print(f"florence-vl {args.command}: error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

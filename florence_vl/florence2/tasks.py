@@ -7,6 +7,7 @@ caller never writes <loc_k> tokens by hand.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Literal, Sequence
@@ -77,6 +78,8 @@ TASKS: dict[str, Task] = {
 
 def get_task(name: str) -> Task:
     """Accept "<OD>", "OD" or "od"."""
+    if not isinstance(name, str):
+        raise InputError(f"a task is a name like \"<OD>\" or \"OD\", not {type(name).__name__}")
     token = "<" + name.strip().strip("<>").upper() + ">"
     if token not in TASKS:
         known = ", ".join(t.name for t in TASKS.values())
@@ -93,9 +96,14 @@ def parse_region(region: str | Sequence[float]) -> tuple[float, float, float, fl
         except ValueError:
             raise InputError(f"region {region!r} is not four numbers x0,y0,x1,y1") from None
     else:
-        values = [float(v) for v in region]
+        try:
+            values = [float(v) for v in region]
+        except (TypeError, ValueError):
+            raise InputError(f"region {region!r} is not four numbers x0,y0,x1,y1") from None
     if len(values) != 4:
         raise InputError(f"a region needs four numbers x0,y0,x1,y1, got {len(values)}")
+    if not all(math.isfinite(v) for v in values):
+        raise InputError(f"region {values} has a coordinate that is not a finite number")
     x0, y0, x1, y1 = values
     if not (x1 > x0 and y1 > y0):
         raise InputError(f"region {values} is empty: it needs x1 > x0 and y1 > y0")
