@@ -67,3 +67,49 @@ def test_resume_repeats_the_loss_sequence(tiny_tokenizer, tmp_path):
     assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in straight], rel=1e-5)
     log = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == list(range(1, 9))
+
+
+def test_image_reliance_is_zero_for_a_model_blind_to_the_image(setup):
+    import torch
+
+    from florence_vl.train.florence2 import image_reliance
+
+    from conftest import spread_weights
+
+    recipe, _, batches = setup
+    batch = batches(0)
+    seeing = spread_weights(build_model(recipe, batches.tokenizer))
+    assert abs(image_reliance(seeing, batch)["image_reliance"]) > 1e-3
+    blind = spread_weights(build_model(recipe, batches.tokenizer))
+    with torch.no_grad():  # every image token becomes the projector's LayerNorm bias: the image is gone
+        blind.model.multi_modal_projector.image_projection.weight.zero_()
+    assert image_reliance(blind, batch)["image_reliance"] == 0.0
+
+
+def test_run_with_location_aids_logs_image_reliance_and_saves_a_loadable_model(tmp_path):
+    import math
+
+    from florence_vl.florence2.runner import Florence2
+    from florence_vl.train.florence2 import run
+
+    recipe = Florence2Recipe(out_dir=str(tmp_path), geometry="tiny", tokenizer_vocab=400, tokenizer_scenes=20,
+                             images_per_step=2, tasks_per_image=2, max_target_tokens=48, image_position_init=1.0,
+                             smooth_location_init=True, location_label_sigma=10.0, probe_scenes=2,
+                             loop=LoopConfig(steps=4, save_every=2, log_every=1, warmup_steps=1, precision="no"))
+    path = run(recipe, progress=False)
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == [1, 2, 3, 4]
+    probes = [r for r in log if "image_reliance" in r]
+    assert [r["step"] for r in probes] == [2, 4]
+    for r in probes:
+        assert math.isfinite(r["probe_loss"]) and r["image_reliance"] == pytest.approx(
+            r["probe_loss_swapped_images"] - r["probe_loss"], abs=1e-3)
+    florence = Florence2.from_pretrained(path)
+    [result] = florence.run([batches_image()], "<OD>", max_new_tokens=8)
+    assert result.task == "<OD>"
+
+
+def batches_image():
+    from florence_vl.data.world import generate_scene
+
+    return generate_scene(0, "val").image

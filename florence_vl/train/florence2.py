@@ -8,12 +8,17 @@ image does not depend on the prompt.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 from transformers import Florence2ForConditionalGeneration
+from transformers.models.bart.modeling_bart import shift_tokens_right
 
 from ..data.world import florence2_examples, generate_scene, iter_scenes
 from ..florence2.checkpoint import Florence2Bundle, save_florence2
@@ -21,6 +26,8 @@ from ..florence2.geometry import florence2_config, image_processor, num_image_to
 from ..florence2.runner import encoder_rows
 from ..florence2.special_tokens import train_bart_tokenizer
 from .loop import LoopConfig, train
+from .ordinal_locations import (location_soft_targets, location_token_ids, seq2seq_loss_with_soft_locations,
+                                sinusoid_table, smooth_location_embeddings)
 
 # How often each task is drawn (relative); detection-style tasks carry the targets we measure.
 DEFAULT_TASK_WEIGHTS = {
@@ -42,6 +49,10 @@ class Florence2Recipe:
     max_target_tokens: int = 200
     task_weights: dict = field(default_factory=lambda: dict(DEFAULT_TASK_WEIGHTS))
     davit_init: str | None = None    # UniCL-nano checkpoint whose image tower initialises DaViT
+    image_position_init: float = 0.0  # >0: DaViT-side 2D position embeddings start as sinusoids of this RMS
+    smooth_location_init: bool = False  # <loc_k> embeddings start as smooth functions of k (ordinal_locations.py)
+    location_label_sigma: float = 0.0   # >0: <loc_k> labels become a Gaussian of this many bins
+    probe_scenes: int = 0               # >0: log the image reliance on this many held-out scenes at each save
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=2000))
 
     @classmethod
@@ -81,14 +92,25 @@ def build_model(recipe: Florence2Recipe, tokenizer) -> Florence2ForConditionalGe
         from ..florence.checkpoint import load_image_tower_into
 
         load_image_tower_into(model.model.vision_tower, recipe.davit_init)
+    if recipe.image_position_init > 0:
+        # The published init (std 0.02) leaves the position of an image token at ~3% of its content, and a
+        # small model trained briefly never learns where things are; start the positions as loud as the content.
+        embed = model.model.multi_modal_projector.image_position_embed
+        with torch.no_grad():
+            for table, seed in ((embed.row_embeddings, 1), (embed.column_embeddings, 2)):
+                rows, dim = table.weight.shape
+                table.weight.copy_(recipe.image_position_init * sinusoid_table(rows, dim, math.pi / rows, math.pi, seed))
+    if recipe.smooth_location_init:
+        smooth_location_embeddings(model.get_input_embeddings(), location_token_ids(tokenizer))
     return model
 
 
 class WorldBatches:
     """batches(step): the step's scenes, task examples, and their tensors (deterministic per step)."""
 
-    def __init__(self, recipe: Florence2Recipe, tokenizer, image_size: int, vision_config):
+    def __init__(self, recipe: Florence2Recipe, tokenizer, image_size: int, vision_config, split: str = "train"):
         self.recipe = recipe
+        self.split = split
         self.tokenizer = tokenizer
         self.processor = image_processor(image_size)
         self.n_image = num_image_tokens(vision_config, image_size)
@@ -99,7 +121,7 @@ class WorldBatches:
         picked = []
         for i in range(r.images_per_step):
             seed = step * r.images_per_step + i
-            scene = generate_scene(seed, "train")
+            scene = generate_scene(seed, self.split)
             by_task: dict[str, list[dict]] = {}
             for example in florence2_examples(scene):
                 by_task.setdefault(example["task"], []).append(example)
@@ -130,15 +152,51 @@ class WorldBatches:
         }
 
 
-def florence2_loss(model: Florence2ForConditionalGeneration, batch: dict) -> torch.Tensor:
-    """Cross-entropy of the targets; one DaViT pass per image, shared by that image's task rows."""
-    features = model.model.get_image_features(batch["pixel_values"]).pooler_output
-    features = features.repeat_interleave(batch["tasks_per_image"], dim=0)
-    input_ids = batch["input_ids"]
-    embeds = model.get_input_embeddings()(input_ids)
-    placeholders = (input_ids == model.config.image_token_id).unsqueeze(-1)
-    embeds = embeds.masked_scatter(placeholders, features.to(embeds.dtype))
-    return model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+class Florence2Loss:
+    """Cross-entropy of the targets; one DaViT pass per image, shared by that image's task rows.
+
+    With `location_label_sigma` > 0, <loc_k> labels are Gaussians over neighbouring bins (ordinal_locations.py).
+    """
+
+    def __init__(self, loc_ids: torch.Tensor | None = None, location_label_sigma: float = 0.0):
+        self.loc_ids = loc_ids
+        self.soft_targets = location_soft_targets(location_label_sigma) if location_label_sigma > 0 else None
+
+    def __call__(self, model: Florence2ForConditionalGeneration, batch: dict) -> torch.Tensor:
+        features = model.model.get_image_features(batch["pixel_values"]).pooler_output
+        features = features.repeat_interleave(batch["tasks_per_image"], dim=0)
+        input_ids = batch["input_ids"]
+        embeds = model.get_input_embeddings()(input_ids)
+        placeholders = (input_ids == model.config.image_token_id).unsqueeze(-1)
+        embeds = embeds.masked_scatter(placeholders, features.to(embeds.dtype))
+        if self.soft_targets is None:
+            return model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+        text = model.config.text_config
+        decoder_input_ids = shift_tokens_right(batch["labels"], text.pad_token_id, text.decoder_start_token_id)
+        logits = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
+                       decoder_input_ids=decoder_input_ids).logits
+        return seq2seq_loss_with_soft_locations(logits, batch["labels"], self.loc_ids, self.soft_targets)
+
+
+florence2_loss = Florence2Loss()
+
+
+def image_reliance(model, batch: dict, loss_fn=florence2_loss) -> dict:
+    """How much the model looks at the image: the loss of `batch` with each row's image swapped for the
+    next image's, minus the loss with the right images (0 means the image is ignored)."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        right = loss_fn(model, batch).item()
+        swapped = loss_fn(model, dict(batch, pixel_values=batch["pixel_values"].roll(1, dims=0))).item()
+    model.train(was_training)
+    return {"probe_loss": right, "probe_loss_swapped_images": swapped, "image_reliance": swapped - right}
+
+
+def make_loss(recipe: Florence2Recipe, tokenizer) -> Florence2Loss:
+    if recipe.location_label_sigma > 0:
+        return Florence2Loss(location_token_ids(tokenizer), recipe.location_label_sigma)
+    return florence2_loss
 
 
 def run(recipe: Florence2Recipe, *, progress: bool = True) -> Path:
@@ -162,7 +220,19 @@ def run(recipe: Florence2Recipe, *, progress: bool = True) -> Path:
 
     image_size = preset(recipe.geometry)["image_size"]
     batches = WorldBatches(recipe, tokenizer, image_size, model.config.vision_config)
-    train(model, batches, florence2_loss, recipe.loop, out, progress=progress)
+    loss_fn = make_loss(recipe, tokenizer)
+    on_checkpoint = None
+    if recipe.probe_scenes:
+        probe_recipe = dataclasses.replace(recipe, images_per_step=recipe.probe_scenes)
+        probe_batch = WorldBatches(probe_recipe, tokenizer, image_size, model.config.vision_config, split="val")(0)
+
+        def on_checkpoint(step: int, trained) -> None:
+            record = {"step": step, **image_reliance(trained, probe_batch, loss_fn)}
+            with (out / "log.jsonl").open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            tqdm.write(f"step {step}: held-out loss {record['probe_loss']:.3f}, with swapped images "
+                       f"{record['probe_loss_swapped_images']:.3f} (image reliance {record['image_reliance']:+.3f})")
+    train(model, batches, loss_fn, recipe.loop, out, progress=progress, on_checkpoint=on_checkpoint)
     model.eval()
     bundle = Florence2Bundle(model=model, tokenizer=tokenizer, image_processor=image_processor(image_size),
                              layout="native", source=str(out))
