@@ -75,19 +75,61 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _load_split(data_dir: Path, limit: int | None) -> list[dict]:
-    from ..data.formats import read_records
+_RECORD_FIELDS = {"image": str, "image_id": int, "size": list, "objects": list, "texts": list, "captions": dict}
 
-    if not (data_dir / "records.jsonl").is_file():
+
+def _record_problem(record: Any) -> str | None:
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    for key, kind in _RECORD_FIELDS.items():
+        if not isinstance(record.get(key), kind):
+            return f"no {key!r} ({kind.__name__})"
+    return None
+
+
+def _load_split(data_dir: Path, limit: int | None, skipped: list[dict]) -> list[dict]:
+    """The split's records, in order. A line that is not a record, or whose image cannot be read, is
+    skipped and reported in `skipped` ({"line", "image", "reason"}), not fatal: one bad sample should not
+    throw away an evaluation. `limit` counts usable records."""
+    import json
+
+    from ..images import load_image
+
+    path = data_dir / "records.jsonl"
+    if not path.is_file():
         raise InputError(f"{data_dir} is not a nano-world split folder (no records.jsonl); "
                          "write one with write_split")
-    records = read_records(data_dir)
-    if limit is not None:
-        if limit < 1:
-            raise InputError("limit must be at least 1")
-        records = records[:limit]
+    if limit is not None and limit < 1:
+        raise InputError("limit must be at least 1")
+    records, seen_ids = [], set()
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            if limit is not None and len(records) >= limit:
+                break
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as error:
+                skipped.append({"line": number, "image": None, "reason": f"bad JSON ({error})"})
+                continue
+            problem = _record_problem(record)
+            if problem is None and record["image_id"] in seen_ids:
+                problem = f"image_id {record['image_id']} repeats an earlier record"
+            if problem is None:
+                try:
+                    load_image(data_dir / record["image"])
+                except InputError as error:
+                    problem = str(error)
+            if problem is not None:
+                image = record.get("image") if isinstance(record, dict) else None
+                skipped.append({"line": number, "image": image, "reason": problem})
+                continue
+            seen_ids.add(record["image_id"])
+            records.append(record)
     if not records:
-        raise InputError(f"{data_dir} holds no images")
+        detail = f" ({len(skipped)} unusable lines, first: {skipped[0]['reason']})" if skipped else ""
+        raise InputError(f"{data_dir} holds no usable images{detail}")
     return records
 
 
@@ -177,7 +219,8 @@ def evaluate_florence2(florence: Florence2 | None, data_dir, *, limit: int | Non
         raise InputError("max_expressions_per_image must be at least 1")
     started = time.perf_counter()
     data_dir = Path(data_dir)
-    records = _load_split(data_dir, limit)
+    skipped: list[dict] = []
+    records = _load_split(data_dir, limit, skipped)
 
     # -- every request of the evaluation, with what each one is scored against
     requests: list[TaskRequest] = []
@@ -275,6 +318,7 @@ def evaluate_florence2(florence: Florence2 | None, data_dir, *, limit: int | Non
         "model": source,
         "n_images": len(records),
         "n_requests": len(requests),
+        "skipped": {"n": len(skipped), "samples": skipped[:20]},
         "settings": {"limit": limit, "batch_size": batch_size, "num_beams": num_beams,
                      "max_new_tokens": max_new_tokens, "max_expressions_per_image": max_expressions_per_image,
                      "baseline_train_scenes": baseline_train_scenes, "ocr_with_region": ocr_with_region,
@@ -297,12 +341,11 @@ def oracle_predictor(data_dir) -> Predictor:
     target (from `florence2_examples`), keyed by image file name, task and text. A request it has no
     target for gets an empty answer. Evaluating it shows what a perfect model scores."""
     from ..data.florence2_targets import florence2_examples
-    from ..data.formats import read_records
 
     data_dir = Path(data_dir)
     targets: dict[tuple, str] = {}
     sizes: dict[str, tuple[int, int]] = {}
-    for r in read_records(data_dir):
+    for r in _load_split(data_dir, None, []):
         name = Path(r["image"]).name
         sizes[name] = tuple(r["size"])
         for ex in florence2_examples(r):
@@ -358,7 +401,9 @@ def report_rows(result: dict) -> list[dict]:
 
 def report_table(result: dict) -> str:
     """A plain text table, one row per metric (blank where the metric was not computed)."""
-    head = (f"Florence-2 on {result.get('split', '?')} ({result.get('n_images', 0)} images, model "
+    skipped = (result.get("skipped") or {}).get("n", 0)
+    head = (f"Florence-2 on {result.get('split', '?')} ({result.get('n_images', 0)} images"
+            f"{f', {skipped} unusable samples skipped' if skipped else ''}, model "
             f"{result.get('model', '?')}; REC/RES: at most "
             f"{(result.get('rec') or {}).get('max_expressions_per_image', '?')} expressions per image)")
     rows = [{**row, "value": float(row["value"]) if isinstance(row["value"], (int, float)) else row["value"]}
