@@ -54,5 +54,9 @@ eval-nano: install
 bench: install
 	$(BIN)/python bench/florence2_batching.py --quick --dtype fp32
 
+# florence-vl serve under 8 concurrent clients: dynamic batching vs one request at a time (docs/serving.md).
+bench-serve: install
+	$(BIN)/python bench/serve_batching.py
+
 clean:
 	rm -rf out .pytest_cache .hypothesis

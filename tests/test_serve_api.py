@@ -269,10 +269,17 @@ def test_bad_requests_get_one_clear_line(strict, body, code, words):
     assert "Traceback" not in error["message"]
 
 
-def test_not_json_and_unknown_routes(strict):
+def test_json_bodies_whatever_the_content_type_and_unknown_routes(strict):
     response = httpx.post(strict.url + "/v1/florence2/tasks", content=b'{"image": ',
                           headers={"content-type": "application/json"})
     assert_error(response, 400, "invalid_request", "not valid JSON")
+    import json
+
+    as_form = httpx.post(strict.url + "/v1/florence2/tasks", timeout=60,  # what `curl -d` sends
+                         content=json.dumps({"image": data_url(picture()), "task": "OD", "max_new_tokens": 8}),
+                         headers={"content-type": "application/x-www-form-urlencoded"})
+    assert as_form.status_code == 200 and as_form.json()["task"] == "<OD>"
+    assert_error(httpx.post(strict.url + "/v1/florence2/tasks", json=[1, 2]), 400, "invalid_request", "object")
     assert_error(httpx.get(strict.url + "/v1/nothing"), 404, "http_error", "/v1/nothing")
     assert_error(httpx.delete(strict.url + "/health"), 405, "http_error")
 
@@ -344,3 +351,22 @@ def test_a_client_that_disconnects_frees_its_queue_slot(tiny_florence2):
         gated.gate.set()
         assert first.result().status_code == 200 and second.result().status_code == 200
         assert wait_for(server, lambda h: True)["batching"]["items"] == 2  # the one who left never ran
+
+
+def test_serve_command_mistakes_are_one_line_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    import socket
+
+    from florence_vl import cli
+
+    monkeypatch.setattr(cli, "_load_florence2", lambda args: pytest.fail("the model must not load"))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        for argv, words in [(["--port", port], "cannot listen on 127.0.0.1:" + port),
+                            (["--allow-dir", str(tmp_path / "nope")], "is not a directory"),
+                            (["--beams", "9"], "over --max-beams"), (["--port", "0"], "--port"),
+                            (["--max-queue", "0"], "max-queue must be at least 1")]:
+            assert cli.main(["serve", "--model", "x", *argv]) == 2, argv
+            err = capsys.readouterr().err.strip()
+            assert len(err.splitlines()) == 1 and err.startswith("florence-vl serve: error:") and words in err

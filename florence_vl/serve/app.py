@@ -25,7 +25,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -94,8 +94,8 @@ def _api_wording(message: str) -> str:
     return message.replace("--text", '"text"').replace("--region", '"region"')
 
 
-def _validation_message(error: RequestValidationError) -> str:
-    first = (error.errors() or [{}])[0]
+def _validation_message(errors: list[dict]) -> str:
+    first = (errors or [{}])[0]
     if first.get("type") == "json_invalid":
         return "request body is not valid JSON"
     where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
@@ -128,7 +128,7 @@ def create_app(service: Florence2Service, settings: ServeSettings | None = None)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request, error: RequestValidationError):
-        return JSONResponse(error_body(400, _validation_message(error), "invalid_request"), status_code=400)
+        return JSONResponse(error_body(400, _validation_message(error.errors()), "invalid_request"), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request, error: StarletteHTTPException):
@@ -183,8 +183,14 @@ def create_app(service: Florence2Service, settings: ServeSettings | None = None)
                            "max_beams": settings.max_beams, "default_beams": settings.default_beams,
                            "max_image_pixels": settings.max_image_pixels, "max_body_bytes": settings.max_body_bytes}}
 
-    @app.post("/v1/florence2/tasks", dependencies=[Depends(require_key)])
-    async def run_task(body: TaskBody, request: Request):
+    task_schema = {"requestBody": {"content": {"application/json": {"schema": TaskBody.model_json_schema()}}}}
+
+    @app.post("/v1/florence2/tasks", dependencies=[Depends(require_key)], openapi_extra=task_schema)
+    async def run_task(request: Request):
+        try:  # JSON whatever the Content-Type says (curl -d sends a form type)
+            body = TaskBody.model_validate_json(await request.body())
+        except ValidationError as error:
+            raise ApiError(400, _validation_message(error.errors()), "invalid_request") from None
         if body.model not in (None, service.name):
             raise ApiError(404, f"model {body.model!r} is not served here; /v1/models lists {service.name!r}",
                            "model_not_found")
@@ -199,12 +205,17 @@ def create_app(service: Florence2Service, settings: ServeSettings | None = None)
         if num_beams > settings.max_beams:
             raise ApiError(400, f"num_beams {num_beams} is over this server's limit of {settings.max_beams}",
                            "num_beams_too_large")
-        image = await run_in_threadpool(decode_image_source, body.image, allow_dirs=settings.allow_dirs,
+
+        def prepare() -> TaskRequest:  # decoding and tokenizing stay off the event loop
+            image = decode_image_source(body.image, allow_dirs=settings.allow_dirs,
                                         max_pixels=settings.max_image_pixels)
-        task_request = TaskRequest(image, body.task, body.text, body.region)
-        try:
+            task_request = TaskRequest(image, body.task, body.text, body.region)
             service.check(task_request)
-            started = time.monotonic()
+            return task_request
+
+        started = time.monotonic()
+        try:
+            task_request = await run_in_threadpool(prepare)
             result = await _until_disconnect(request, service.run(task_request,
                                                                   GenerationOptions(num_beams, max_new_tokens)))
         except InputError as error:
@@ -220,7 +231,7 @@ def create_app(service: Florence2Service, settings: ServeSettings | None = None)
         answer = {"id": f"f2-{uuid.uuid4().hex[:16]}", "object": "florence2.task", "created": int(time.time()),
                   "model": service.name, **record, "seconds": round(time.monotonic() - started, 4)}
         if body.draw:
-            answer["drawing"] = await run_in_threadpool(_png_data_url, image, result)
+            answer["drawing"] = await run_in_threadpool(_png_data_url, task_request.image, result)
         return answer
 
     @app.post("/v1/chat/completions", dependencies=[Depends(require_key)])
