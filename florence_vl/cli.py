@@ -323,14 +323,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except FlorenceVLError as error:
+        _end_progress_bars()
         print(f"florence-vl {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
+        _end_progress_bars()
         print("interrupted", file=sys.stderr)
         return 130
     except OSError as error:  # the machine, not the input: disk full, permission denied on the output
+        _end_progress_bars()
         print(f"florence-vl {args.command}: error: {error}", file=sys.stderr)
         return 1
+
+
+def _end_progress_bars() -> None:
+    """Close progress bars left open by a failed step, so the error starts a line of its own."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or []):
+        bar.close()
 
 
 if __name__ == "__main__":

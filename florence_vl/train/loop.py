@@ -118,12 +118,28 @@ def train(model: torch.nn.Module, batches: Callable[[int], Any], loss_fn: Callab
 
 
 def save_checkpoint(accelerator: Accelerator, out_dir: Path, step: int, keep: int) -> Path:
-    """accelerate's full training state, written beside its final place and renamed into it."""
+    """accelerate's full training state, written beside its final place, flushed and renamed into it.
+
+    A save that fails (out of disk, say) removes its partial folder and raises one OSError saying so;
+    the checkpoints before it are untouched. Partial folders of a run killed mid-save are removed here.
+    """
     final = out_dir / "checkpoints" / f"step-{step}"
+    for stale in final.parent.glob(".tmp-step-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = final.with_name(f".tmp-step-{step}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    (tmp / "loop.json").write_text(json.dumps({"step": step}))
+    try:
+        accelerator.save_state(str(tmp), safe_serialization=True)
+        (tmp / "loop.json").write_text(json.dumps({"step": step}))
+        for path in tmp.rglob("*"):  # on disk before the rename makes it the latest checkpoint
+            if path.is_file():
+                with path.open("rb") as f:
+                    os.fsync(f.fileno())
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        last = _checkpoints(out_dir)
+        kept = f"the last good checkpoint, {last[-1][1]}, is intact" if last else "there is no earlier checkpoint"
+        raise OSError(error.errno, f"could not save the step-{step} checkpoint ({error.strerror or error}); "
+                      f"{kept}", str(tmp)) from error
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     for _, old in _checkpoints(out_dir)[:-keep]:
