@@ -113,3 +113,32 @@ def batches_image():
     from florence_vl.data.world import generate_scene
 
     return generate_scene(0, "val").image
+
+
+def test_lr_scale_gives_a_prefix_its_own_learning_rate(setup):
+    from florence_vl.train.loop import parameter_groups
+
+    _, model, _ = setup
+    config = LoopConfig(steps=1, lr=1e-3, weight_decay=0.05,
+                        lr_scale={"model.vision_tower.": 0.1, "model.vision_tower.convs.0.": 0.0})
+    groups = parameter_groups(model, config)
+    owner = {id(p): g for g in groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert sum(len(g["params"]) for g in groups) == len(named)
+    for name, param in named.items():
+        group = owner[id(param)]
+        expected = 0.0 if name.startswith("model.vision_tower.convs.0.") else (
+            1e-4 if name.startswith("model.vision_tower.") else 1e-3)
+        assert group["lr"] == pytest.approx(expected), name
+        assert group["weight_decay"] == (0.05 if param.dim() >= 2 else 0.0), name
+
+
+def test_curriculum_phases_choose_the_tasks_of_the_first_steps(tiny_tokenizer):
+    recipe = Florence2Recipe(out_dir="unused", geometry="tiny", images_per_step=4, tasks_per_image=2,
+                             task_weights={"<CAPTION>": 1.0, "<OCR>": 1.0},
+                             curriculum=[{"until": 3, "task_weights": {"<OD>": 1.0}}], loop=LoopConfig(steps=1))
+    batches = WorldBatches(recipe, tiny_tokenizer, 64, build_model(recipe, tiny_tokenizer).config.vision_config)
+    early = {e["task"] for step in range(3) for _, examples in batches.examples(step) for e in examples}
+    late = {e["task"] for step in range(3, 8) for _, examples in batches.examples(step) for e in examples}
+    assert early == {"<OD>"}          # charts and text-only scenes have no OD: other scenes were drawn instead
+    assert late == {"<CAPTION>", "<OCR>"}

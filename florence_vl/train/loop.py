@@ -15,7 +15,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -37,6 +37,7 @@ class LoopConfig:
     save_every: int = 500
     keep_checkpoints: int = 2
     seed: int = 0
+    lr_scale: dict = field(default_factory=dict)  # parameter-name prefix -> multiplier of lr (longest prefix wins)
 
 
 def cosine_schedule(config: LoopConfig) -> Callable[[int], float]:
@@ -47,6 +48,20 @@ def cosine_schedule(config: LoopConfig) -> Callable[[int], float]:
         progress = min(1.0, (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps))
         return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
     return factor
+
+
+def parameter_groups(model: torch.nn.Module, config: LoopConfig) -> list[dict]:
+    """AdamW groups: matrices decay, vectors (biases, norms) do not; lr_scale multiplies the lr of the
+    parameters under a name prefix (e.g. a pre-trained tower that fast updates would wreck)."""
+    groups: dict[tuple[float, bool], list] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        prefixes = [p for p in config.lr_scale if name.startswith(p)]
+        scale = float(config.lr_scale[max(prefixes, key=len)]) if prefixes else 1.0
+        groups.setdefault((scale, param.dim() >= 2), []).append(param)
+    return [{"params": params, "lr": config.lr * scale, "weight_decay": config.weight_decay if decay else 0.0}
+            for (scale, decay), params in groups.items()]
 
 
 def _checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
@@ -65,12 +80,9 @@ def train(model: torch.nn.Module, batches: Callable[[int], Any], loss_fn: Callab
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.precision)
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(config))
+    optimizer = torch.optim.AdamW(parameter_groups(model, config), lr=config.lr)
+    schedule = cosine_schedule(config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
     start = 0
@@ -101,7 +113,7 @@ def train(model: torch.nn.Module, batches: Callable[[int], Any], loss_fn: Callab
         window.append(loss.item())
         done = step + 1
         if done % config.log_every == 0 or done == config.steps:
-            record = {"step": done, "loss": sum(window) / len(window), "lr": scheduler.get_last_lr()[0],
+            record = {"step": done, "loss": sum(window) / len(window), "lr": config.lr * schedule(done),
                       "seconds": round(time.perf_counter() - started, 2)}
             records.append(record)
             with log_path.open("a") as f:
