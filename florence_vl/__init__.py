@@ -25,6 +25,7 @@ _EXPORTS = {
     "encode_polygon": "florence_vl.florence2.coordinates",
     "decode_points": "florence_vl.florence2.coordinates",
     "load_florence2": "florence_vl.florence2.checkpoint",
+    "UniCLModel": "florence_vl.florence.api",
     "convert_checkpoint": "florence_vl.florence2.checkpoint",
     "coco_results": "florence_vl.florence2.export",
     "write_json": "florence_vl.florence2.export",

@@ -108,11 +108,25 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="output directory (overrides out_dir of the recipe)")
     train.add_argument("--steps", type=int, help="number of steps (overrides the recipe)")
 
+    classify = sub.add_parser("classify", help="zero-shot classification of images with UniCL (Florence)",
+                              description="Zero-shot classification with the UniCL (Florence) two-tower model: "
+                              "each image against free-text labels, with the prompt ensemble it was trained with.",
+                              epilog='example: florence-vl classify shape.png --labels "red circle,blue square"')
+    classify.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    classify.add_argument("--labels", required=True, help="comma-separated labels, at least two")
+    classify.add_argument("--top", type=int, default=3, help="labels to print per image (default: 3)")
+    classify.add_argument("--model", default="nano", help="UniCL checkpoint directory (default: the shipped nano)")
+
     evaluate = sub.add_parser("eval", help="evaluate a model on a generated world split and print a table")
-    evaluate.add_argument("stage", choices=["florence2"], help="what to evaluate")
-    evaluate.add_argument("--data", required=True, help="directory written by `florence-vl world generate`")
+    evaluate.add_argument("stage", choices=["florence2", "unicl"],
+                          help="florence2: every task metric on --data; unicl: zero-shot classification and "
+                          "image-text retrieval on --split")
+    evaluate.add_argument("--data", help="florence2: directory written by `florence-vl world generate`")
+    evaluate.add_argument("--split", default="test", choices=["val", "test", "test-novel"],
+                          help="unicl: the world split, generated in memory (default: test)")
+    evaluate.add_argument("--n", type=int, default=200, help="unicl: number of scenes (default: 200)")
     evaluate.add_argument("--out", help="write the metrics as JSON here")
-    evaluate.add_argument("--limit", type=int, help="evaluate only the first N images")
+    evaluate.add_argument("--limit", type=int, help="florence2: evaluate only the first N images")
     _add_model_options(evaluate)
     evaluate.set_defaults(beams=1, max_new_tokens=256)
     return parser
@@ -285,9 +299,13 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    if args.stage == "unicl":
+        return _eval_unicl(args)
     from .eval.florence2_eval import evaluate_florence2, report_table, write_report
 
     _check_generation_args(args)
+    if not args.data:
+        raise InputError("eval florence2 needs --data DIR (make one with `florence-vl world generate`)")
     if not (Path(args.data) / "records.jsonl").exists():
         raise InputError(f"{args.data} is not a generated split (no records.jsonl); "
                          "make one with `florence-vl world generate`")
@@ -301,6 +319,45 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _eval_unicl(args) -> int:
+    from .eval.metrics import format_table
+    from .florence.api import UniCLModel
+    from .florence.zeroshot import evaluate_zero_shot
+
+    if args.n < 1:
+        raise InputError("--n must be at least 1")
+    unicl = UniCLModel.from_pretrained(args.model)
+    result = evaluate_zero_shot(unicl.model, unicl.tokenizer, args.split, n=args.n)
+    result["model"] = unicl.source
+    labels = {"shape_acc": "zero-shot shape accuracy (8-way)", "color_shape_acc": "zero-shot color-shape "
+              "accuracy (64-way)", "novel_shape_acc": "  on novel color-shape pairs: shape",
+              "novel_color_shape_acc": "  on novel color-shape pairs: color-shape",
+              "i2t_r1": "image->text recall@1", "i2t_r5": "image->text recall@5",
+              "t2i_r1": "text->image recall@1", "t2i_r5": "text->image recall@5"}
+    rows = [{"metric": label, "value": result[key]} for key, label in labels.items() if key in result]
+    print(f"UniCL {unicl.source} on {args.split}: {result['scenes']} scenes, {result.get('crops', 0)} object crops")
+    print(format_table(rows, ["metric", "value"]))
+    if args.out:
+        from .eval.florence2_eval import write_report
+
+        write_report(result, args.out)
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_classify(args) -> int:
+    from .florence.api import UniCLModel
+    from .images import load_image
+
+    labels = [label.strip() for label in args.labels.split(",")]
+    images = [load_image(path) for path in args.images]      # every image checked before the model loads
+    unicl = UniCLModel.from_pretrained(args.model)
+    for path, result in zip(args.images, unicl.classify(images, labels)):
+        ranked = sorted(result["scores"].items(), key=lambda kv: -kv[1])[: args.top]
+        print(f"{path}: " + ", ".join(f"{label} {score:.2f}" for label, score in ranked))
+    return 0
+
+
 def _read_json(path: str) -> dict:
     try:
         return json.loads(Path(path).read_text())
@@ -311,7 +368,8 @@ def _read_json(path: str) -> dict:
 
 
 COMMANDS = {"tasks": cmd_tasks, "predict": cmd_predict, "serve": cmd_serve, "convert": cmd_convert, "world": cmd_world,
-            "train": cmd_train, "eval": cmd_eval}
+            "train": cmd_train, "eval": cmd_eval,
+            "classify": cmd_classify}
 
 
 def main(argv: list[str] | None = None) -> int:

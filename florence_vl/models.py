@@ -7,7 +7,7 @@ from pathlib import Path
 from .errors import CheckpointError
 
 NANO_ROOT = Path(__file__).resolve().parent.parent / "models" / "nano"
-NANO_DIRS = {"florence2": "florence2"}
+NANO_DIRS = {"florence2": "florence2", "unicl": "unicl"}
 
 
 def resolve_model(name: str | Path, kind: str) -> str:
