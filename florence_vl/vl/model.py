@@ -1,0 +1,169 @@
+"""The Florence-VL model: Florence-2 features -> DBFusion -> spliced into any transformers causal LM.
+
+Text reaches the model as token ids holding IMAGE_TOKEN_INDEX (-200, as in LLaVA) where an image goes; the
+LLM's vocabulary is never touched. `splice` replaces each such id by that image's projected features
+(`fusion.num_tokens` rows), gives those positions the label IGNORE_INDEX, and pads the rows again: on the
+right for training, on the left for batched generation (so every row's last token is its prompt's last).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .features import SOURCES, FlorenceFeatures
+from .fusion import DBFusion
+
+IMAGE_TOKEN_INDEX = -200
+IGNORE_INDEX = -100
+
+
+@dataclass
+class VLConfig:
+    """What the Florence-VL parts are and how they meet (saved as florence_vl.json)."""
+
+    sources: list = field(default_factory=lambda: list(SOURCES))
+    fusion: str = "channel"
+    projector_type: str = "mlp3x_gelu"
+    template: str = "phi3"          # chat template name (chat.py)
+    image_aspect_ratio: str = "pad"  # "pad": pad to square with the mean colour (the release); "resize": stretch
+    freeze_vision: bool = False      # stage 2: Florence-2 frozen and run without gradients
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "VLConfig":
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class FlorenceVLForCausalLM(nn.Module):
+    """Florence-2 (vision tower) + DBFusion projector + causal LM. See `splice` for the input convention."""
+
+    def __init__(self, florence2, florence2_tokenizer, num_image_tokens: int, llm, config: VLConfig | None = None):
+        super().__init__()
+        self.config = config or VLConfig()
+        self.vision_tower = FlorenceFeatures(florence2, florence2_tokenizer, num_image_tokens, self.config.sources)
+        self.mm_projector = DBFusion(self.vision_tower.dim, llm.config.hidden_size, self.config.sources,
+                                     self.config.fusion, self.config.projector_type)
+        self.llm = llm
+        self.freeze_vision(self.config.freeze_vision)
+
+    # -- parts -------------------------------------------------------------------------------------
+
+    @property
+    def florence2(self):
+        return self.vision_tower.florence2
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.llm.get_input_embeddings().weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.llm.get_input_embeddings().weight.device
+
+    def freeze_vision(self, frozen: bool = True) -> None:
+        self.config.freeze_vision = bool(frozen)
+        self.florence2.requires_grad_(not frozen)
+
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(images, tokens, llm_width): fused, projected features of each image."""
+        vision_dtype = next(self.florence2.parameters()).dtype
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_vision):
+            features = self.vision_tower(pixel_values.to(self.device, vision_dtype))
+        projector_dtype = self.mm_projector.encoder_mlp[0].weight.dtype
+        fused = self.mm_projector({k: v.to(projector_dtype) for k, v in features.items()})
+        return fused.to(self.dtype)
+
+    # -- splicing ----------------------------------------------------------------------------------
+
+    def splice(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               labels: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None,
+               padding_side: str = "right") -> dict:
+        """Embed `input_ids` (padded either way, IMAGE_TOKEN_INDEX where images go, one image per marker in
+        row order) with the images spliced in; returns inputs_embeds, attention_mask, labels, position_ids."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        markers = int((input_ids == IMAGE_TOKEN_INDEX).sum())
+        images = 0 if pixel_values is None else pixel_values.shape[0]
+        if markers != images:
+            raise ValueError(f"{markers} image marker(s) in the text but {images} image(s) given")
+        image_embeds = self.image_features(pixel_values) if images else None
+        embed = self.llm.get_input_embeddings()
+        rows, row_labels = [], []
+        next_image = 0
+        for i in range(input_ids.shape[0]):
+            keep = attention_mask[i].bool()
+            ids = input_ids[i][keep]
+            lab = labels[i][keep] if labels is not None else None
+            parts, part_labels, start = [], [], 0
+            where = (ids == IMAGE_TOKEN_INDEX).nonzero().flatten().tolist()
+            for pos in where + [len(ids)]:
+                if pos > start:
+                    parts.append(embed(ids[start:pos]))
+                    part_labels.append(lab[start:pos] if lab is not None else ids[start:pos])
+                if pos < len(ids):
+                    feats = image_embeds[next_image]
+                    next_image += 1
+                    parts.append(feats)
+                    part_labels.append(torch.full((feats.shape[0],), IGNORE_INDEX, dtype=torch.long,
+                                                  device=ids.device))
+                start = pos + 1
+            rows.append(torch.cat(parts) if parts else embed(ids))
+            row_labels.append(torch.cat(part_labels) if part_labels else ids)
+        width = max(r.shape[0] for r in rows)
+        hidden = rows[0].shape[-1]
+        batch = len(rows)
+        embeds = rows[0].new_zeros(batch, width, hidden)
+        mask = torch.zeros(batch, width, dtype=torch.long, device=embeds.device)
+        out_labels = torch.full((batch, width), IGNORE_INDEX, dtype=torch.long, device=embeds.device)
+        position_ids = torch.zeros(batch, width, dtype=torch.long, device=embeds.device)
+        for i, (row, lab) in enumerate(zip(rows, row_labels)):
+            n = row.shape[0]
+            span = slice(0, n) if padding_side == "right" else slice(width - n, width)
+            embeds[i, span] = row
+            mask[i, span] = 1
+            out_labels[i, span] = lab
+            position_ids[i, span] = torch.arange(n, device=embeds.device)
+        return {"inputs_embeds": embeds, "attention_mask": mask,
+                "labels": out_labels if labels is not None else None, "position_ids": position_ids}
+
+    # -- training and generation -------------------------------------------------------------------
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None, **kwargs):
+        inputs = self.splice(input_ids, attention_mask, labels, pixel_values, padding_side="right")
+        return self.llm(**{k: v for k, v in inputs.items() if v is not None}, **kwargs)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 pixel_values: torch.Tensor | None = None, **generation_kwargs) -> torch.Tensor:
+        """New token ids only, (batch, new_tokens), left-padded prompts, KV cache on."""
+        inputs = self.splice(input_ids, attention_mask, None, pixel_values, padding_side="left")
+        generation_kwargs.setdefault("use_cache", True)
+        return self.llm.generate(inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"],
+                                 **generation_kwargs)
+
+
+def pad_rows(rows: Sequence[list[int]], pad_id: int, side: str = "right",
+             labels: Sequence[list[int]] | None = None) -> dict:
+    """Token id lists -> padded input_ids / attention_mask (and labels padded with IGNORE_INDEX)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    lab = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long) if labels is not None else None
+    for i, row in enumerate(rows):
+        span = slice(0, len(row)) if side == "right" else slice(width - len(row), width)
+        ids[i, span] = torch.tensor(row, dtype=torch.long)
+        mask[i, span] = 1
+        if lab is not None:
+            lab[i, span] = torch.tensor(labels[i], dtype=torch.long)
+    out = {"input_ids": ids, "attention_mask": mask}
+    if lab is not None:
+        out["labels"] = lab
+    return out
