@@ -26,6 +26,8 @@ _EXPORTS = {
     "decode_points": "florence_vl.florence2.coordinates",
     "load_florence2": "florence_vl.florence2.checkpoint",
     "UniCLModel": "florence_vl.florence.api",
+    "FlorenceVL": "florence_vl.vl.chat",
+    "load_florence_vl": "florence_vl.vl.checkpoint",
     "convert_checkpoint": "florence_vl.florence2.checkpoint",
     "coco_results": "florence_vl.florence2.export",
     "write_json": "florence_vl.florence2.export",

@@ -7,7 +7,7 @@ from pathlib import Path
 from .errors import CheckpointError
 
 NANO_ROOT = Path(__file__).resolve().parent.parent / "models" / "nano"
-NANO_DIRS = {"florence2": "florence2", "unicl": "unicl"}
+NANO_DIRS = {"florence2": "florence2", "unicl": "unicl", "florence_vl": "florence-vl"}
 
 
 def resolve_model(name: str | Path, kind: str) -> str:
@@ -15,7 +15,7 @@ def resolve_model(name: str | Path, kind: str) -> str:
     if str(name) != "nano":
         return str(name)
     path = NANO_ROOT / NANO_DIRS[kind]
-    if not (path / "config.json").exists():
+    if not ((path / "config.json").exists() or (path / "florence_vl.json").exists()):
         raise CheckpointError(f"the nano {kind} model is not in this checkout ({path}); "
                               "pass --model with a checkpoint directory or hub id")
     return str(path)

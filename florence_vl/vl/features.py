@@ -46,6 +46,7 @@ class FlorenceFeatures(nn.Module):
     def __init__(self, florence2, tokenizer, num_image_tokens: int, sources: Sequence[str] = SOURCES):
         super().__init__()
         self.florence2 = florence2
+        self.tokenizer = tokenizer
         self.sources = check_sources(sources)
         self.num_image_tokens = int(num_image_tokens)
         self.prompt_names = [s for s in self.sources if s != "depth"]
