@@ -71,6 +71,13 @@ class FlorenceVLForCausalLM(nn.Module):
         self.config.freeze_vision = bool(frozen)
         self.florence2.requires_grad_(not frozen)
 
+    def train(self, mode: bool = True):
+        """A frozen Florence-2 stays in eval mode (no dropout) while the rest trains."""
+        super().train(mode)
+        if self.config.freeze_vision:
+            self.florence2.eval()
+        return self
+
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(images, tokens, llm_width): fused, projected features of each image."""
         vision_dtype = next(self.florence2.parameters()).dtype

@@ -1,0 +1,215 @@
+"""Florence-VL training: the nano LLM's tokenizer and language-model pretraining, then the two stages.
+
+    stage "lm":      the LLM alone on the world's text (captions, questions with answers), so that the
+                     nano LLM speaks the world's language before it sees an image;
+    stage "stage1":  everything trains end to end (Florence-2 included, gradients really reach it: tested)
+                     on detailed captions with the `plain` template;
+    stage "stage2":  projector + LLM on instruction data (LLaVA conversations), Florence-2 frozen and run
+                     without gradients, with the chat template.
+
+Each stage uses train/loop.py (resumable; batches a pure function of the step) and writes its model to
+out_dir/<stage>/model; the next stage starts from it. `run(recipe)` runs the stages that are not done yet.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..data.llava import LazyLLaVADataset, StepBatches
+from ..errors import InputError
+from ..vl.model import FlorenceVLForCausalLM, VLConfig
+from ..vl.processor import VLProcessor
+from .loop import LoopConfig, train
+
+STAGES = ("lm", "stage1", "stage2")
+
+
+@dataclass
+class StageConfig:
+    data: str | None = None          # LLaVA JSON (stage1/2); images relative to its folder
+    batch_size: int = 16
+    max_length: int = 256
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=0, precision="no"))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "StageConfig":
+        data = dict(data or {})
+        loop = LoopConfig(**{"precision": "no", **data.pop("loop", {})})
+        return cls(loop=loop, **data)
+
+
+@dataclass
+class VLRecipe:
+    out_dir: str
+    florence2: str = "models/nano/florence2"     # Florence-2 checkpoint (either layout)
+    llm_size: str = "nano"                      # florence_vl/vl/nano_llm.py
+    tokenizer_vocab: int = 2000
+    text_data: str | None = None                # records.jsonl folder for tokenizer + LM text (default: stage1's)
+    vl: dict = field(default_factory=dict)      # VLConfig fields
+    stage2_template: str = "phi3"
+    lm: StageConfig = field(default_factory=StageConfig)
+    stage1: StageConfig = field(default_factory=StageConfig)
+    stage2: StageConfig = field(default_factory=StageConfig)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "VLRecipe":
+        data = dict(data)
+        stages = {name: StageConfig.from_dict(data.pop(name, {})) for name in STAGES}
+        return cls(**stages, **data)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------------- text
+
+
+def world_texts(folder: str | Path) -> list[str]:
+    """The world's text from a generated split: the three caption levels and every question with its answer."""
+    from ..data.formats import MC_ANSWER, SHORT_ANSWER, read_records
+
+    texts = [SHORT_ANSWER, MC_ANSWER, "Describe the image in detail."]
+    for record in read_records(folder):
+        texts += list(record["captions"].values())
+        texts += [f"{qa['question']} {qa['answer']}" for qa in record.get("qa", [])]
+    return texts
+
+
+def build_tokenizer(recipe: VLRecipe, texts: list[str]):
+    from ..vl.nano_llm import train_llm_tokenizer
+
+    return train_llm_tokenizer(texts, vocab_size=recipe.tokenizer_vocab)
+
+
+class TextBatches:
+    """LM pretraining batches: `batch_size` texts per step (seeded by the step), <s> text </s>, right-padded."""
+
+    def __init__(self, texts: list[str], tokenizer, batch_size: int, max_length: int, seed: int = 0):
+        self.texts, self.tokenizer = texts, tokenizer
+        self.batch_size, self.max_length, self.seed = batch_size, max_length, seed
+
+    def __call__(self, step: int) -> dict:
+        rng = random.Random(f"{self.seed}-lm-{step}")
+        rows = []
+        for _ in range(self.batch_size):
+            ids = self.tokenizer(rng.choice(self.texts), add_special_tokens=False)["input_ids"]
+            rows.append([self.tokenizer.bos_token_id] + ids[: self.max_length - 2] + [self.tokenizer.eos_token_id])
+        from ..vl.model import pad_rows
+
+        batch = pad_rows(rows, self.tokenizer.pad_token_id, labels=rows)
+        return batch
+
+
+def lm_loss(model, batch: dict) -> torch.Tensor:
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+
+
+def vl_loss(model, batch: dict) -> torch.Tensor:
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+                 pixel_values=batch["pixel_values"]).loss
+
+
+# ---------------------------------------------------------------------------------------------------- stages
+
+
+def _dist() -> tuple[int, int]:
+    import os
+
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def stage_batches(stage: StageConfig, processor, seed: int) -> StepBatches:
+    if not stage.data:
+        raise InputError("this stage needs `data`: a LLaVA JSON file (e.g. DIR/llava_pretrain.json)")
+    rank, world = _dist()
+    dataset = LazyLLaVADataset(stage.data, processor)
+    return StepBatches(dataset, stage.batch_size, seed=seed, rank=rank, world_size=world)
+
+
+def build_vl(recipe: VLRecipe, llm, florence2_bundle, template: str) -> FlorenceVLForCausalLM:
+    config = VLConfig.from_dict({**recipe.vl, "template": template})
+    return FlorenceVLForCausalLM(florence2_bundle.model, florence2_bundle.tokenizer,
+                                 florence2_bundle.num_image_tokens, llm, config)
+
+
+def run_stage1(model: FlorenceVLForCausalLM, processor: VLProcessor, stage: StageConfig, out: Path,
+               progress: bool = True) -> list[dict]:
+    """Everything trains: Florence-2 (DaViT + encoder), the projector and the LLM."""
+    model.freeze_vision(False)
+    model.train()
+    return train(model, stage_batches(stage, processor, stage.loop.seed), vl_loss, stage.loop, out, progress=progress)
+
+
+def run_stage2(model: FlorenceVLForCausalLM, processor: VLProcessor, stage: StageConfig, out: Path,
+               progress: bool = True) -> list[dict]:
+    """Projector + LLM; Florence-2 frozen (no gradients, eval mode)."""
+    model.freeze_vision(True)
+    model.train()
+    model.florence2.eval()
+    return train(model, stage_batches(stage, processor, stage.loop.seed), vl_loss, stage.loop, out, progress=progress)
+
+
+def run(recipe: VLRecipe, *, progress: bool = True, stages: tuple[str, ...] = STAGES) -> Path:
+    """Run the recipe's stages (each skipped when its model exists); returns the final model's folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..florence2.checkpoint import load_florence2
+    from ..vl.chat import FlorenceVL
+    from ..vl.checkpoint import load_florence_vl
+    from ..vl.nano_llm import build_llm
+
+    out = Path(recipe.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    text_folder = recipe.text_data or (Path(recipe.stage1.data).parent if recipe.stage1.data else None)
+    tokenizer_dir = out / "tokenizer"
+    if (tokenizer_dir / "tokenizer.json").exists():
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    else:
+        if text_folder is None:
+            raise InputError("the recipe needs text_data (or stage1.data) to train the LLM tokenizer")
+        tokenizer = build_tokenizer(recipe, world_texts(text_folder))
+        tokenizer.save_pretrained(str(tokenizer_dir))
+
+    lm_dir = out / "lm" / "model"
+    if "lm" in stages and recipe.lm.loop.steps > 0 and not (lm_dir / "config.json").exists():
+        torch.manual_seed(recipe.lm.loop.seed)
+        llm = build_llm(tokenizer, recipe.llm_size)
+        batches = TextBatches(world_texts(text_folder), tokenizer, recipe.lm.batch_size, recipe.lm.max_length,
+                              recipe.lm.loop.seed)
+        llm.train()
+        train(llm, batches, lm_loss, recipe.lm.loop, out / "lm", progress=progress)
+        llm.save_pretrained(str(lm_dir))
+        tokenizer.save_pretrained(str(lm_dir))
+
+    final = out / "stage2" / "model"
+    s1_dir = out / "stage1" / "model"
+    if "stage1" in stages and recipe.stage1.loop.steps > 0 and not (s1_dir / "florence_vl.json").exists():
+        torch.manual_seed(recipe.stage1.loop.seed)
+        if (lm_dir / "config.json").exists():
+            llm = AutoModelForCausalLM.from_pretrained(str(lm_dir))
+        else:
+            llm = build_llm(tokenizer, recipe.llm_size)
+        vision = load_florence2(recipe.florence2)
+        model = build_vl(recipe, llm, vision, "plain")
+        processor = VLProcessor(tokenizer, vision.image_processor, "plain", model.config.image_aspect_ratio,
+                                max_length=recipe.stage1.max_length)
+        run_stage1(model, processor, recipe.stage1, out / "stage1", progress)
+        model.eval()
+        FlorenceVL(model, tokenizer, vision.image_processor, source=str(s1_dir)).save_pretrained(s1_dir)
+    if "stage2" in stages and recipe.stage2.loop.steps > 0 and not (final / "florence_vl.json").exists():
+        torch.manual_seed(recipe.stage2.loop.seed)
+        if not (s1_dir / "florence_vl.json").exists():
+            raise InputError(f"stage 2 starts from stage 1's model, and {s1_dir} does not exist yet")
+        bundle = load_florence_vl(s1_dir)
+        model = bundle.model
+        model.config.template = recipe.stage2_template
+        processor = VLProcessor(bundle.tokenizer, bundle.image_processor, recipe.stage2_template,
+                                model.config.image_aspect_ratio, max_length=recipe.stage2.max_length)
+        run_stage2(model, processor, recipe.stage2, out / "stage2", progress)
+        model.eval()
+        FlorenceVL(model, bundle.tokenizer, bundle.image_processor, source=str(final)).save_pretrained(final)
+    return final if final.exists() else s1_dir
