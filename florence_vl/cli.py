@@ -102,8 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, default=0, help="first scene seed (default: 0)")
 
     train = sub.add_parser("train", help="train a model from a YAML recipe (resumes from its last checkpoint)")
-    train.add_argument("stage", choices=["unicl", "florence2"],
-                       help="unicl: UniCL-nano (Florence); florence2: Florence-2-nano (DaViT from UniCL-nano)")
+    train.add_argument("stage", choices=["unicl", "florence2", "vl"],
+                       help="unicl: UniCL-nano (Florence); florence2: Florence-2-nano (DaViT from UniCL-nano); "
+                       "vl: Florence-VL-nano (nano LLM, stage 1, stage 2)")
     train.add_argument("config", help="YAML recipe, e.g. configs/unicl-nano.yaml or configs/florence2-nano.yaml")
     train.add_argument("--out", help="output directory (overrides out_dir of the recipe)")
     train.add_argument("--steps", type=int, help="number of steps (overrides the recipe)")
@@ -118,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--model", default="nano", help="UniCL checkpoint directory (default: the shipped nano)")
 
     evaluate = sub.add_parser("eval", help="evaluate a model on a generated world split and print a table")
-    evaluate.add_argument("stage", choices=["florence2", "unicl"],
+    evaluate.add_argument("stage", choices=["florence2", "unicl", "vl"],
                           help="florence2: every task metric on --data; unicl: zero-shot classification and "
                           "image-text retrieval on --split")
     evaluate.add_argument("--data", help="florence2: directory written by `florence-vl world generate`")
@@ -129,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--limit", type=int, help="florence2: evaluate only the first N images")
     _add_model_options(evaluate)
     evaluate.set_defaults(beams=1, max_new_tokens=256)
+
+    from .vl.commands import add_chat_parser
+
+    add_chat_parser(sub)
     return parser
 
 
@@ -280,6 +285,10 @@ def _read_yaml(path: str) -> dict:
 
 
 def cmd_train(args) -> int:
+    if args.stage == "vl":
+        from .vl.commands import cmd_train_vl
+
+        return cmd_train_vl(_read_yaml(args.config), args)
     if args.stage == "unicl":
         from .florence.train import UniCLRecipe as Recipe, run
     else:
@@ -301,6 +310,10 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     if args.stage == "unicl":
         return _eval_unicl(args)
+    if args.stage == "vl":
+        from .vl.commands import cmd_eval_vl
+
+        return cmd_eval_vl(args)
     from .eval.florence2_eval import evaluate_florence2, report_table, write_report
 
     _check_generation_args(args)
@@ -358,6 +371,12 @@ def cmd_classify(args) -> int:
     return 0
 
 
+def cmd_chat(args) -> int:
+    from .vl.commands import cmd_chat as chat
+
+    return chat(args)
+
+
 def _read_json(path: str) -> dict:
     try:
         return json.loads(Path(path).read_text())
@@ -369,7 +388,7 @@ def _read_json(path: str) -> dict:
 
 COMMANDS = {"tasks": cmd_tasks, "predict": cmd_predict, "serve": cmd_serve, "convert": cmd_convert, "world": cmd_world,
             "train": cmd_train, "eval": cmd_eval,
-            "classify": cmd_classify}
+            "classify": cmd_classify, "chat": cmd_chat}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -74,6 +74,21 @@ class FlorenceVL:
             answers += [self._decode(row) for row in out.tolist()]
         return answers
 
+    @torch.no_grad()
+    def ask_many(self, image, questions: Sequence[str], *, batch_size: int = 32, max_new_tokens: int = 16,
+                 **options) -> list[str]:
+        """Many questions about one image: its features are computed once and shared by every question."""
+        picture = load_image(image)
+        embeds = self.model.image_features(self.processor.pixel_values([picture]))
+        answers: list[str] = []
+        for start in range(0, len(questions), batch_size):
+            chunk = questions[start:start + batch_size]
+            inputs = pad_rows([self.processor.prompt(q) for q in chunk], self.processor.pad_id, side="left")
+            out = self.model.generate(**inputs, image_embeds=embeds.expand(len(chunk), -1, -1),
+                                      **self._options(max_new_tokens, options))
+            answers += [self._decode(row) for row in out.tolist()]
+        return answers
+
     def chat(self, image: str | Path | Image.Image, question: str, *, history: Sequence[tuple[str, str]] = (),
              stream: bool = False, max_new_tokens: int = 256, **options) -> str | Iterator[str]:
         """The answer to `question` about `image` (after the earlier turns in `history`); with stream=True an

@@ -91,16 +91,19 @@ class FlorenceVLForCausalLM(nn.Module):
 
     def splice(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                labels: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None,
-               padding_side: str = "right") -> dict:
+               padding_side: str = "right", image_embeds: torch.Tensor | None = None) -> dict:
         """Embed `input_ids` (padded either way, IMAGE_TOKEN_INDEX where images go, one image per marker in
-        row order) with the images spliced in; returns inputs_embeds, attention_mask, labels, position_ids."""
+        row order) with the images spliced in; returns inputs_embeds, attention_mask, labels, position_ids.
+        `image_embeds` (images, tokens, width) may replace `pixel_values`: features computed once, reused."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         markers = int((input_ids == IMAGE_TOKEN_INDEX).sum())
-        images = 0 if pixel_values is None else pixel_values.shape[0]
+        given = image_embeds if image_embeds is not None else pixel_values
+        images = 0 if given is None else given.shape[0]
         if markers != images:
             raise ValueError(f"{markers} image marker(s) in the text but {images} image(s) given")
-        image_embeds = self.image_features(pixel_values) if images else None
+        if image_embeds is None and images:
+            image_embeds = self.image_features(pixel_values)
         embed = self.llm.get_input_embeddings()
         rows, row_labels = [], []
         next_image = 0
@@ -149,9 +152,11 @@ class FlorenceVLForCausalLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                 pixel_values: torch.Tensor | None = None, **generation_kwargs) -> torch.Tensor:
+                 pixel_values: torch.Tensor | None = None, image_embeds: torch.Tensor | None = None,
+                 **generation_kwargs) -> torch.Tensor:
         """New token ids only, (batch, new_tokens), left-padded prompts, KV cache on."""
-        inputs = self.splice(input_ids, attention_mask, None, pixel_values, padding_side="left")
+        inputs = self.splice(input_ids, attention_mask, None, pixel_values, padding_side="left",
+                             image_embeds=image_embeds)
         generation_kwargs.setdefault("use_cache", True)
         return self.llm.generate(inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"],
                                  **generation_kwargs)

@@ -1,0 +1,103 @@
+"""The Florence-VL commands of `florence-vl`: chat (one question, or interactive), train vl, eval vl."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..errors import InputError
+
+
+def add_chat_parser(sub) -> None:
+    chat = sub.add_parser("chat", help="ask Florence-VL about an image (one question, or interactive)",
+                          description="Ask Florence-VL about an image. With a question: print the answer. "
+                          "Without: an interactive chat about the image (empty line or Ctrl-D ends it).",
+                          epilog='example: florence-vl chat scene.png "How many shapes are there?" --stream')
+    chat.add_argument("image", help="image file")
+    chat.add_argument("question", nargs="?", help="the question; leave out for an interactive chat")
+    chat.add_argument("--model", default="nano", help="Florence-VL checkpoint directory (own format or the "
+                      "published jiuhai/florence-vl layout) or hub id (default: the shipped nano)")
+    chat.add_argument("--stream", action="store_true", help="print the answer as it is generated")
+    chat.add_argument("--template", choices=["plain", "phi3", "llama3", "tokenizer"],
+                      help="chat template (default: the checkpoint's)")
+    chat.add_argument("--max-new-tokens", type=int, default=256, help="generation limit (default: 256)")
+    chat.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
+                      help="weights dtype (default: the checkpoint's; on this CPU bfloat16 is slower)")
+    chat.add_argument("--allow-pickle", action="store_true", help="allow pickle weights you trust")
+
+
+def _say(vl, image, question, history, args, out) -> str:
+    if args.stream:
+        pieces = []
+        for piece in vl.chat(image, question, history=history, stream=True, max_new_tokens=args.max_new_tokens):
+            out.write(piece)
+            out.flush()
+            pieces.append(piece)
+        out.write("\n")
+        return "".join(pieces).strip()
+    answer = vl.chat(image, question, history=history, max_new_tokens=args.max_new_tokens)
+    out.write(answer + "\n")
+    return answer
+
+
+def cmd_chat(args) -> int:
+    from ..images import load_image
+    from .chat import FlorenceVL
+
+    if args.max_new_tokens < 1:
+        raise InputError("--max-new-tokens must be at least 1")
+    if args.question is not None and not args.question.strip():
+        raise InputError("the question is empty")
+    image = load_image(args.image)                   # checked before the model loads
+    vl = FlorenceVL.from_pretrained(args.model, dtype=None if args.dtype == "auto" else args.dtype,
+                                    template=args.template, allow_pickle=args.allow_pickle)
+    if args.question is not None:
+        _say(vl, image, args.question, (), args, sys.stdout)
+        return 0
+    history: list[tuple[str, str]] = []
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            sys.stdout.write("you> ")
+            sys.stdout.flush()
+        line = sys.stdin.readline()
+        if not line or not line.strip() or line.strip() in ("exit", "quit"):
+            return 0
+        if interactive:
+            sys.stdout.write("florence-vl> ")
+        answer = _say(vl, image, line.strip(), history, args, sys.stdout)
+        history.append((line.strip(), answer))
+
+
+def cmd_train_vl(config: dict, args) -> int:
+    from ..train.vl import VLRecipe, run
+
+    if args.out:
+        config["out_dir"] = args.out
+    try:
+        recipe = VLRecipe.from_dict(config)
+    except (TypeError, ValueError) as error:
+        raise InputError(f"{args.config}: {error}") from None
+    print(f"wrote {run(recipe)}")
+    return 0
+
+
+def cmd_eval_vl(args) -> int:
+    from ..eval.florence2_eval import write_report
+    from ..eval.vl_eval import evaluate_vl, report_table
+    from .chat import FlorenceVL
+
+    if not args.data:
+        raise InputError("eval vl needs --data DIR (make one with `florence-vl world generate`)")
+    if not (Path(args.data) / "records.jsonl").exists():
+        raise InputError(f"{args.data} is not a generated split (no records.jsonl); "
+                         "make one with `florence-vl world generate`")
+    vl = FlorenceVL.from_pretrained(args.model, dtype=None if args.dtype == "auto" else args.dtype)
+    result = evaluate_vl(vl, args.data, limit=args.limit, batch_size=max(args.batch_size, 1),
+                         max_new_tokens=min(args.max_new_tokens, 64))
+    result["model"] = str(args.model)
+    print(report_table(result))
+    if args.out:
+        write_report(result, args.out)
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
