@@ -95,7 +95,8 @@ def train(model: torch.nn.Module, batches: Callable[[int], Any], loss_fn: Callab
     records = []
     if start and log_path.exists():  # keep the log of the steps before the checkpoint only
         records = [r for r in map(json.loads, log_path.read_text().splitlines()) if r["step"] <= start]
-    log_path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    if accelerator.is_main_process:
+        log_path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
     model.train()
     bar = tqdm(total=config.steps, initial=start, desc="train", unit="step", disable=not progress)
@@ -110,14 +111,15 @@ def train(model: torch.nn.Module, batches: Callable[[int], Any], loss_fn: Callab
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        window.append(loss.item())
+        window.append(accelerator.reduce(loss.detach(), "mean").item())  # every rank's share of the step
         done = step + 1
         if done % config.log_every == 0 or done == config.steps:
             record = {"step": done, "loss": sum(window) / len(window), "lr": config.lr * schedule(done),
                       "seconds": round(time.perf_counter() - started, 2)}
             records.append(record)
-            with log_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+            if accelerator.is_main_process:
+                with log_path.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
             bar.set_postfix(loss=f"{record['loss']:.3f}")
             window = []
         bar.update(1)
@@ -136,24 +138,33 @@ def save_checkpoint(accelerator: Accelerator, out_dir: Path, step: int, keep: in
     the checkpoints before it are untouched. Partial folders of a run killed mid-save are removed here.
     """
     final = out_dir / "checkpoints" / f"step-{step}"
-    for stale in final.parent.glob(".tmp-step-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = final.with_name(f".tmp-step-{step}-{os.getpid()}")
+    main = accelerator.is_main_process
+    if main:
+        for stale in final.parent.glob(".tmp-step-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    # Every rank writes into the same folder (its RNG state; the main rank the rest): one name for all.
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID") if accelerator.num_processes > 1 else None
+    tmp = final.with_name(f".tmp-step-{step}-{run_id or os.getpid()}")
     try:
         accelerator.save_state(str(tmp), safe_serialization=True)
-        (tmp / "loop.json").write_text(json.dumps({"step": step}))
-        for path in tmp.rglob("*"):  # on disk before the rename makes it the latest checkpoint
-            if path.is_file():
-                with path.open("rb") as f:
-                    os.fsync(f.fileno())
+        accelerator.wait_for_everyone()
+        if main:
+            (tmp / "loop.json").write_text(json.dumps({"step": step}))
+            for path in tmp.rglob("*"):  # on disk before the rename makes it the latest checkpoint
+                if path.is_file():
+                    with path.open("rb") as f:
+                        os.fsync(f.fileno())
     except OSError as error:
         shutil.rmtree(tmp, ignore_errors=True)
         last = _checkpoints(out_dir)
         kept = f"the last good checkpoint, {last[-1][1]}, is intact" if last else "there is no earlier checkpoint"
         raise OSError(error.errno, f"could not save the step-{step} checkpoint ({error.strerror or error}); "
                       f"{kept}", str(tmp)) from error
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    for _, old in _checkpoints(out_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    if main:
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for _, old in _checkpoints(out_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
     return final

@@ -38,7 +38,7 @@ class StageConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "StageConfig":
         data = dict(data or {})
-        loop = LoopConfig(**{"precision": "no", **data.pop("loop", {})})
+        loop = LoopConfig(**{"steps": 0, "precision": "no", **data.pop("loop", {})})
         return cls(loop=loop, **data)
 
 
@@ -109,8 +109,18 @@ def lm_loss(model, batch: dict) -> torch.Tensor:
 
 
 def vl_loss(model, batch: dict) -> torch.Tensor:
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
-                 pixel_values=batch["pixel_values"]).loss
+    """Mean cross-entropy over the step's target tokens. Under several processes each rank sums its tokens
+    and divides by the count over all ranks (times the world size, as DDP averages gradients), so the
+    gradient and the logged loss are those of the whole step on one process."""
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    if world == 1:
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+                     pixel_values=batch["pixel_values"]).loss
+    count = (batch["labels"][:, 1:] != -100).sum()
+    torch.distributed.all_reduce(count)
+    loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+                 pixel_values=batch["pixel_values"], num_items_in_batch=count).loss
+    return loss * world
 
 
 # ---------------------------------------------------------------------------------------------------- stages
@@ -138,8 +148,11 @@ def build_vl(recipe: VLRecipe, llm, florence2_bundle, template: str) -> Florence
 
 def run_stage1(model: FlorenceVLForCausalLM, processor: VLProcessor, stage: StageConfig, out: Path,
                progress: bool = True) -> list[dict]:
-    """Everything trains: Florence-2 (DaViT + encoder), the projector and the LLM."""
+    """Everything trains: Florence-2 (DaViT + encoder), the projector and the LLM. Florence-2's decoder is
+    never run for features, so it is frozen (its word embedding, shared with the encoder, still trains)."""
     model.freeze_vision(False)
+    model.florence2.model.language_model.decoder.requires_grad_(False)
+    model.florence2.get_input_embeddings().requires_grad_(True)
     model.train()
     return train(model, stage_batches(stage, processor, stage.loop.seed), vl_loss, stage.loop, out, progress=progress)
 

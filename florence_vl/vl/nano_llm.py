@@ -10,8 +10,10 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 SPECIALS = ["<s>", "</s>", "<pad>", "<unk>"]
 CHAT_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]  # the phi3 template's markers
 
-NANO_LLM = dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
-                num_key_value_heads=4, max_position_embeddings=512, rope_theta=10000.0, tie_word_embeddings=True)
+# d=192, 3 layers (~2M parameters): measured 1.7 s per stage-2 step of 16 conversations here, against 2.6 s
+# for d=256 with 4 layers, so the whole recipe fits its CPU budget.
+NANO_LLM = dict(hidden_size=192, intermediate_size=576, num_hidden_layers=3, num_attention_heads=3,
+                num_key_value_heads=3, max_position_embeddings=512, rope_theta=10000.0, tie_word_embeddings=True)
 TINY_LLM = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                 num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False)
 
