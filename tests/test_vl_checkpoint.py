@@ -31,6 +31,9 @@ def test_own_format_round_trips(tiny_florence2, tmp_path):
     pixels = torch.randn(1, 3, 64, 64)
     torch.testing.assert_close(logits(again.model, pixels), logits(vl.model, pixels))
     assert again.tokenizer.get_vocab() == vl.tokenizer.get_vocab()
+    half = load_florence_vl(tmp_path / "ckpt", dtype="bfloat16").model
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    assert torch.isfinite(logits(half, pixels).float()).all()  # (random spread weights amplify bf16 rounding)
 
 
 def _published(tmp_path, kind="phi3", tie=False):

@@ -61,10 +61,6 @@ def detect_vl_layout(directory: Path) -> str:
     raise CheckpointError(f"{directory} is not a Florence-VL checkpoint: no florence_vl.json nor config.json")
 
 
-def _cast(module: torch.nn.Module, dtype: torch.dtype | None) -> torch.nn.Module:
-    return module if dtype is None else module.to(dtype)
-
-
 # ---------------------------------------------------------------------------------------------------- own format
 
 
@@ -102,7 +98,7 @@ def _load_own(directory: Path, dtype) -> FlorenceVLBundle:
     config = VLConfig.from_dict(meta.get("vl", {}))
     model = _assemble(vision, llm, config)
     projector = _read_weights(directory / "mm_projector.safetensors")
-    _load_projector(model, projector, directory / "mm_projector.safetensors")
+    _load_projector(model, projector, directory / "mm_projector.safetensors", dtype)
     return FlorenceVLBundle(model.eval(), tokenizer, vision.image_processor, FORMAT, str(directory))
 
 
@@ -119,7 +115,7 @@ def _assemble(vision: Florence2Bundle, llm, config: VLConfig) -> FlorenceVLForCa
     return FlorenceVLForCausalLM(vision.model, vision.tokenizer, vision.num_image_tokens, llm, config)
 
 
-def _load_projector(model: FlorenceVLForCausalLM, sd: dict, where: Path) -> None:
+def _load_projector(model: FlorenceVLForCausalLM, sd: dict, where: Path, dtype: torch.dtype | None = None) -> None:
     expected = {k: tuple(v.shape) for k, v in model.mm_projector.state_dict().items()}
     unknown = sorted(set(sd) - set(expected))
     missing = sorted(set(expected) - set(sd))
@@ -130,10 +126,8 @@ def _load_projector(model: FlorenceVLForCausalLM, sd: dict, where: Path) -> None
         if tuple(tensor.shape) != expected[key]:
             raise CheckpointError(f"{where}: projector weight {key} has shape {list(tensor.shape)}, expected "
                                   f"{list(expected[key])} (mm_hidden_size x sources -> LLM hidden_size)")
-    dtype = model.mm_projector.encoder_mlp[0].weight.dtype
-    model.mm_projector.load_state_dict({k: v.to(sd[k].dtype) for k, v in sd.items()})
-    if dtype != next(iter(sd.values())).dtype:
-        model.mm_projector.to(next(iter(sd.values())).dtype)
+    model.mm_projector.to(dtype or next(iter(sd.values())).dtype)  # the asked dtype, else the file's
+    model.mm_projector.load_state_dict(sd)
 
 
 # ---------------------------------------------------------------------------------------------------- LLaVA layout
@@ -210,7 +204,7 @@ def _load_llava(directory: Path, dtype, allow_pickle: bool) -> FlorenceVLBundle:
     vl = VLConfig(projector_type=projector_type, template=template,
                   image_aspect_ratio="pad" if config.get("image_aspect_ratio", "pad") == "pad" else "resize")
     model = _assemble(vision, llm.eval(), vl)
-    _load_projector(model, projector, directory)
+    _load_projector(model, projector, directory, dtype)
     return FlorenceVLBundle(model.eval(), tokenizer, vision.image_processor, "llava", str(directory))
 
 
