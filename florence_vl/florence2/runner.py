@@ -88,12 +88,15 @@ class Florence2:
     @classmethod
     def from_pretrained(cls, source: str | Path, *, dtype: torch.dtype | str | None = "auto",
                         allow_pickle: bool = False) -> "Florence2":
-        """Load a local directory or hub id in the native or the original published layout.
+        """Load "nano" (the shipped Florence-2-nano), a local directory or a hub id, in the native or the
+        original published layout.
 
         dtype "auto" keeps the checkpoint's dtype, except float16, which is slow on CPU: it becomes bfloat16.
         """
+        from ..models import resolve_model
         from .checkpoint import load_florence2
 
+        source = resolve_model(source, "florence2")
         bundle = load_florence2(source, dtype=None if dtype == "auto" else dtype, allow_pickle=allow_pickle)
         model = bundle.model
         if dtype == "auto" and model.dtype == torch.float16 and model.device.type == "cpu":
