@@ -286,10 +286,8 @@ def _read_yaml(path: str) -> dict:
 
 def cmd_train(args) -> int:
     if args.stage == "vl":
-        from .vl.commands import cmd_train_vl
-
-        return cmd_train_vl(_read_yaml(args.config), args)
-    if args.stage == "unicl":
+        from .train.vl import VLRecipe as Recipe, run
+    elif args.stage == "unicl":
         from .florence.train import UniCLRecipe as Recipe, run
     else:
         from .train.florence2 import Florence2Recipe as Recipe, run
@@ -297,7 +295,7 @@ def cmd_train(args) -> int:
     data = _read_yaml(args.config)
     if args.out:
         data["out_dir"] = args.out
-    if args.steps:
+    if args.steps and args.stage != "vl":  # the VL recipe sets its steps per stage
         data.setdefault("loop", {})["steps"] = args.steps
     try:
         recipe = Recipe.from_dict(data)

@@ -69,19 +69,6 @@ def cmd_chat(args) -> int:
         history.append((line.strip(), answer))
 
 
-def cmd_train_vl(config: dict, args) -> int:
-    from ..train.vl import VLRecipe, run
-
-    if args.out:
-        config["out_dir"] = args.out
-    try:
-        recipe = VLRecipe.from_dict(config)
-    except (TypeError, ValueError) as error:
-        raise InputError(f"{args.config}: {error}") from None
-    print(f"wrote {run(recipe)}")
-    return 0
-
-
 def cmd_eval_vl(args) -> int:
     from ..eval.florence2_eval import write_report
     from ..eval.vl_eval import evaluate_vl, report_table
