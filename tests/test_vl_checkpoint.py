@@ -36,6 +36,19 @@ def test_own_format_round_trips(tiny_florence2, tmp_path):
     assert torch.isfinite(logits(half, pixels).float()).all()  # (random spread weights amplify bf16 rounding)
 
 
+def test_own_format_stored_in_bf16_loads_in_the_saved_dtype(tiny_florence2, tmp_path):
+    vl = tiny_vl(tiny_florence2)
+    full = vl.save_pretrained(tmp_path / "fp32")
+    small = vl.save_pretrained(tmp_path / "bf16", storage_dtype="bfloat16")
+    size = lambda d: sum(p.stat().st_size for p in d.rglob("*.safetensors"))
+    assert size(small) < 0.6 * size(full)
+    again = load_florence_vl(small).model
+    assert {p.dtype for p in again.parameters()} == {torch.float32}       # computes in fp32, as saved
+    for name, value in vl.model.state_dict().items():                     # the weights are bf16-rounded fp32
+        torch.testing.assert_close(again.state_dict()[name], value.bfloat16().float(), rtol=0, atol=0)
+    assert {p.dtype for p in load_florence_vl(small, dtype="bfloat16").model.parameters()} == {torch.bfloat16}
+
+
 def _published(tmp_path, kind="phi3", tie=False):
     """A tiny checkpoint in the jiuhai/florence-vl layout: LLaVA config, LLM + projector weights, original
     Florence-2 layout in vision_tower/."""

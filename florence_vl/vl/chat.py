@@ -43,11 +43,12 @@ class FlorenceVL:
         bundle = load_florence_vl(resolve_model(source, "florence_vl"), dtype=dtype, allow_pickle=allow_pickle)
         return cls(bundle.model, bundle.tokenizer, bundle.image_processor, template, source=str(source))
 
-    def save_pretrained(self, out_dir: str | Path) -> Path:
+    def save_pretrained(self, out_dir: str | Path, *, storage_dtype: torch.dtype | str | None = None) -> Path:
+        """Our checkpoint format; storage_dtype="bfloat16" halves the bytes (loaded back in today's dtype)."""
         from .checkpoint import FlorenceVLBundle, save_florence_vl
 
         return save_florence_vl(FlorenceVLBundle(self.model, self.tokenizer, self.image_processor, "florence-vl",
-                                                 self.source), out_dir)
+                                                 self.source), out_dir, storage_dtype=storage_dtype)
 
     # -- generation --------------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """Florence-VL checkpoints: the project's own format (round-trips) and the published LLaVA layout.
 
 Own format (written by `save_florence_vl`):
-    florence_vl.json        {"format": "florence-vl", "vl": VLConfig}
+    florence_vl.json        {"format": "florence-vl", "vl": VLConfig, "load_dtype"?: the dtype to compute in
+                            when the weights are stored in a smaller one (the shipped nano model: bf16 on disk)}
     llm/                    the causal LM and its tokenizer (save_pretrained)
     vision_tower/           Florence-2, native layout (florence2/checkpoint.py)
     mm_projector.safetensors
@@ -64,7 +65,13 @@ def detect_vl_layout(directory: Path) -> str:
 # ---------------------------------------------------------------------------------------------------- own format
 
 
-def save_florence_vl(bundle: FlorenceVLBundle, out_dir: str | Path, florence2_tokenizer=None) -> Path:
+def save_florence_vl(bundle: FlorenceVLBundle, out_dir: str | Path, florence2_tokenizer=None,
+                     storage_dtype: torch.dtype | str | None = None) -> Path:
+    """Write our format. `storage_dtype` (e.g. bfloat16) stores every floating weight in that dtype to halve the
+    bytes; loading then computes in the model's dtype at save time (recorded as "load_dtype") unless asked."""
+    from ..florence2.checkpoint import _parse_dtype
+
+    storage_dtype = _parse_dtype(storage_dtype)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = bundle.model
@@ -81,14 +88,35 @@ def save_florence_vl(bundle: FlorenceVLBundle, out_dir: str | Path, florence2_to
     vl = model.config.to_dict()
     vl["freeze_vision"] = False
     meta = {"format": FORMAT, "version": 1, "vl": vl, "num_image_tokens": features.num_image_tokens}
+    compute_dtype = next(model.llm.parameters()).dtype
+    if storage_dtype is not None and storage_dtype != compute_dtype:
+        for weights in sorted(out.rglob("*.safetensors")):
+            _store_as(weights, storage_dtype)
+        meta["load_dtype"] = str(compute_dtype).replace("torch.", "")
     (out / "florence_vl.json").write_text(json.dumps(meta, indent=2))
     return out
+
+
+def _store_as(path: Path, dtype: torch.dtype) -> None:
+    """Rewrite a safetensors file with its floating tensors in `dtype` (other tensors and metadata kept)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), "pt") as f:
+        metadata = f.metadata() or {"format": "pt"}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    save_file({k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}, str(path),
+              metadata={**metadata, "stored_dtype": str(dtype).replace("torch.", "")})
 
 
 def _load_own(directory: Path, dtype) -> FlorenceVLBundle:
     meta = _read_json(directory / "florence_vl.json")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{directory / 'florence_vl.json'} is not a Florence-VL checkpoint description")
+    if dtype is None and meta.get("load_dtype"):
+        from ..florence2.checkpoint import _parse_dtype
+
+        dtype = _parse_dtype(meta["load_dtype"])
     for part in ("vision_tower", "llm", "mm_projector.safetensors"):
         if not (directory / part).exists():
             raise CheckpointError(f"{directory} has no {part}; a Florence-VL checkpoint holds vision_tower/, llm/ "
