@@ -245,11 +245,18 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def _load_florence_vl(args, source: str):
+    from .vl.chat import FlorenceVL
+
+    return FlorenceVL.from_pretrained(source, dtype=None if args.dtype == "auto" else args.dtype,
+                                      allow_pickle=args.allow_pickle)
+
+
 def cmd_serve(args) -> int:
     from .serve.server import serve
 
     _check_generation_args(args)
-    return serve(args, _load_florence2)
+    return serve(args, _load_florence2, lambda a, source: _load_florence_vl(a, source))
 
 
 def cmd_convert(args) -> int:

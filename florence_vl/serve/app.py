@@ -5,7 +5,7 @@
     GET  /v1/models             OpenAI-style model list
     GET  /v1/florence2/tasks    the task table (name, token, input kind, description)
     POST /v1/florence2/tasks    {"image", "task", "text"?, "region"?, "num_beams"?, "max_new_tokens"?, "draw"?}
-    POST /v1/chat/completions   501 until a chat model (Florence-VL) exists
+    POST /v1/chat/completions   OpenAI chat over Florence-VL (chat_routes.py); 501 when no chat model is loaded
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from ..florence2.runner import TaskRequest
 from ..florence2.tasks import TASKS
 from .batcher import BatcherClosed, QueueFull
 from .body_limit import BodyLimit
+from .chat_routes import add_chat_routes
 from .errors import ApiError, error_body
 from .florence2_service import Florence2Service, GenerationOptions
 from .image_source import decode_image_source
@@ -104,20 +105,25 @@ def _validation_message(errors: list[dict]) -> str:
     return f"{where}: {first.get('msg', 'invalid value')}"
 
 
-def create_app(service: Florence2Service, settings: ServeSettings | None = None) -> FastAPI:
+def create_app(service: Florence2Service, settings: ServeSettings | None = None, chat=None) -> FastAPI:
+    """`chat`: a ChatService (Florence-VL) for /v1/chat/completions, or None (that endpoint answers 501)."""
     settings = settings or ServeSettings(model_name=service.name)
+    services = [service] + ([chat] if chat is not None else [])
 
     @asynccontextmanager
     async def lifespan(app):
-        await service.start()
+        for s in services:
+            await s.start()
         try:
             yield
         finally:
-            await service.stop()
+            for s in services:
+                await s.stop()
 
     app = FastAPI(title="florence-vl", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.state.service = service
+    app.state.chat = chat
     app.state.settings = settings
 
     # -- errors: always {"error": {...}}, never a stack trace ----------------------------------------
@@ -165,15 +171,24 @@ def create_app(service: Florence2Service, settings: ServeSettings | None = None)
 
     @app.get("/health")
     async def health():
+        def queue(batcher):
+            return {"waiting": batcher.waiting, "running": batcher.running, "max": batcher.max_queue}
+
+        def batching(batcher):
+            return {"max_batch_size": batcher.max_batch_size, "window_ms": batcher.window_s * 1000,
+                    **batcher.stats.to_dict()}
+
         batcher = service.batcher
-        return {"status": "ok", "models": [service.name], "auth": settings.api_key is not None,
-                "queue": {"waiting": batcher.waiting, "running": batcher.running, "max": batcher.max_queue},
-                "batching": {"max_batch_size": batcher.max_batch_size, "window_ms": batcher.window_s * 1000,
-                             **batcher.stats.to_dict()}}
+        answer = {"status": "ok", "models": [s.name for s in services], "auth": settings.api_key is not None,
+                  "queue": queue(batcher), "batching": batching(batcher), "chat": None}
+        if chat is not None:
+            answer["chat"] = {"model": chat.name, "queue": queue(chat.batcher), "batching": batching(chat.batcher),
+                              **chat.stats.to_dict()}
+        return answer
 
     @app.get("/v1/models", dependencies=[Depends(require_key)])
     async def models():
-        return {"object": "list", "data": [service.model_card()]}
+        return {"object": "list", "data": [s.model_card() for s in services]}
 
     @app.get("/v1/florence2/tasks")
     async def task_table():
@@ -234,9 +249,5 @@ def create_app(service: Florence2Service, settings: ServeSettings | None = None)
             answer["drawing"] = await run_in_threadpool(_png_data_url, task_request.image, result)
         return answer
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(require_key)])
-    async def chat():
-        raise ApiError(501, "no chat model is loaded: Florence-VL is not built yet; this server runs Florence-2 "
-                       "tasks at POST /v1/florence2/tasks", "chat_not_available")
-
+    add_chat_routes(app, chat, require_key)
     return app

@@ -25,6 +25,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-dir", action="append", default=[], metavar="DIR",
                    help="let requests name local image files under DIR (repeatable; default: no local paths)")
     p.add_argument("--model-name", help="the id /v1/models shows (default: florence-2)")
+    p.add_argument("--vl-model", metavar="DIR_OR_ID",
+                   help="Florence-VL checkpoint for POST /v1/chat/completions (default: the shipped nano Florence-VL "
+                   "when models/nano/florence-vl exists, else no chat model; 'none': no chat model)")
+    p.add_argument("--vl-model-name", default="florence-vl", help="the chat model's id (default: florence-vl)")
+    p.add_argument("--max-prompt-tokens", type=int, default=4096,
+                   help="limit on a chat prompt in tokens, the image's included (default: 4096)")
     p.add_argument("--batch-window-ms", type=float, default=10.0,
                    help="how long the first waiting request waits for others to batch with (default: 10)")
     p.add_argument("--max-queue", type=int, default=64,
@@ -53,7 +59,8 @@ def settings_from_args(args):
             max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_image_pixels=args.max_image_pixels,
             max_prompt_chars=args.max_prompt_chars, max_new_tokens=args.max_new_tokens, max_beams=args.max_beams,
             default_beams=args.beams, max_batch_size=args.batch_size, batch_window_ms=args.batch_window_ms,
-            max_queue=args.max_queue, model_name=args.model_name or "florence-2")
+            max_queue=args.max_queue, model_name=args.model_name or "florence-2",
+            max_prompt_tokens=args.max_prompt_tokens, chat_model_name=args.vl_model_name)
     except ValueError as error:
         raise InputError(str(error).replace("_", "-")) from None
 
@@ -77,17 +84,32 @@ def _check_port_free(host: str, port: int) -> None:
             raise InputError(f"cannot listen on {host}:{port} ({error.strerror}); pick another --port") from None
 
 
-def build_app(florence, settings):
+def build_app(florence, settings, vl=None):
+    """The app over a Florence-2 model and, when `vl` (a FlorenceVL) is given, its chat service."""
     from .app import create_app
+    from .chat_service import ChatService
     from .florence2_service import Florence2Service
 
     service = Florence2Service(florence, name=settings.model_name, max_batch_size=settings.max_batch_size,
                                window_s=settings.batch_window_ms / 1000, max_queue=settings.max_queue)
-    return create_app(service, settings)
+    chat = ChatService(vl, name=settings.chat_model_name, settings=settings) if vl is not None else None
+    return create_app(service, settings, chat)
 
 
-def serve(args, load_model) -> int:
-    """Check the options, load the model (`load_model(args)`), then serve until interrupted."""
+def chat_model_source(args) -> str | None:
+    """What --vl-model asks for: a checkpoint, or None (no chat model). Unset: the shipped nano Florence-VL
+    if this checkout has it."""
+    from ..models import NANO_DIRS, NANO_ROOT
+
+    if args.vl_model is None:
+        nano = NANO_ROOT / NANO_DIRS["florence_vl"]
+        return "nano" if (nano / "florence_vl.json").exists() or (nano / "config.json").exists() else None
+    return None if args.vl_model.lower() == "none" else args.vl_model
+
+
+def serve(args, load_model, load_vl=None) -> int:
+    """Check the options, load the models (`load_model(args)`, `load_vl(args, source)` for the chat model),
+    then serve until interrupted."""
     import uvicorn
 
     settings = settings_from_args(args)
@@ -95,8 +117,13 @@ def serve(args, load_model) -> int:
     if not _is_loopback(args.host) and settings.api_key is None:
         print(f"warning: listening on {args.host} with no --api-key: anyone who can reach this port can use it",
               file=sys.stderr)
-    app = build_app(load_model(args), settings)
-    print(f"serving {settings.model_name} on http://{args.host}:{args.port}/ (batch up to "
+    source = chat_model_source(args) if load_vl is not None else None
+    florence = load_model(args)
+    vl = load_vl(args, source) if source is not None else None
+    app = build_app(florence, settings, vl)
+    chat = f", chat {settings.chat_model_name} ({source})" if vl is not None else \
+        " (no chat model: --vl-model DIR_OR_ID enables POST /v1/chat/completions)"
+    print(f"serving {settings.model_name}{chat} on http://{args.host}:{args.port}/ (batch up to "
           f"{settings.max_batch_size}, window {settings.batch_window_ms:g} ms)", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
     return 0

@@ -13,6 +13,7 @@ class ServeSettings:
     max_body_bytes: int = 20 * 1024 * 1024    # request body, as sent (base64 images included)
     max_image_pixels: int = 16 * 1024 * 1024  # width x height of a decoded image
     max_prompt_chars: int = 1000              # the text input of a task
+    max_prompt_tokens: int = 4096             # a chat prompt, in LLM positions (the image's features included)
     max_new_tokens: int = 1024                # the most a request may ask for (and the default)
     max_beams: int = 5
     default_beams: int = 3
@@ -20,10 +21,11 @@ class ServeSettings:
     batch_window_ms: float = 10.0
     max_queue: int = 64                       # waiting requests; beyond it 503 + Retry-After
     model_name: str = "florence-2"
+    chat_model_name: str = "florence-vl"
 
     def __post_init__(self):
-        for name in ("max_body_bytes", "max_image_pixels", "max_prompt_chars", "max_new_tokens", "max_beams",
-                     "default_beams", "max_batch_size", "max_queue"):
+        for name in ("max_body_bytes", "max_image_pixels", "max_prompt_chars", "max_prompt_tokens", "max_new_tokens",
+                     "max_beams", "default_beams", "max_batch_size", "max_queue"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.batch_window_ms < 0:
