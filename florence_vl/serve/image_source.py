@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import os
 import re
 import warnings
 from pathlib import Path
@@ -80,15 +81,28 @@ def _open_path(value: str, allow_dirs: Sequence[Path], max_pixels: int) -> Image
                        "local_paths_off")
     if "\x00" in value:
         raise ApiError(400, "image path contains a NUL byte", "bad_image")
-    candidate = Path(value).expanduser()
-    if not candidate.is_absolute():
-        candidate = allow_dirs[0] / candidate
-    resolved = candidate.resolve()  # follows symlinks and "..": the real file is what must be allowed
-    if not any(resolved.is_relative_to(d) for d in allow_dirs):
-        raise ApiError(403, "image path is outside the allowed directories", "path_not_allowed")
-    if not resolved.is_file():
-        raise ApiError(400, f"image not found: {value}", "image_not_found")
-    return _decode(resolved, value, max_pixels)
+    try:  # a name too long for the file system, or a symlink loop, is the client's mistake, not a 500
+        candidate = Path(value).expanduser()
+        if not candidate.is_absolute():
+            candidate = allow_dirs[0] / candidate
+        resolved = candidate.resolve()  # follows symlinks and "..": the real file is what must be allowed
+        if not any(resolved.is_relative_to(d) for d in allow_dirs):
+            raise ApiError(403, "image path is outside the allowed directories", "path_not_allowed")
+        found = resolved.is_file()
+    except RuntimeError:  # Python 3.11's resolve() on a symlink loop
+        raise ApiError(400, f"image path cannot be read (symlink loop): {_short(value)}", "bad_image") from None
+    except OSError as error:
+        reason = os.strerror(error.errno) if error.errno else "cannot be resolved"
+        raise ApiError(400, f"image path cannot be read ({reason}): {_short(value)}", "bad_image") from None
+    if not found:
+        raise ApiError(400, f"image not found: {_short(value)}", "image_not_found")
+    return _decode(resolved, _short(value), max_pixels)
+
+
+def _short(value: str, limit: int = 120) -> str:
+    """A client's path as it goes back in a message: one line, not the whole of a 5,000-character name."""
+    value = value.replace("\n", " ").replace("\r", " ")
+    return value if len(value) <= limit else value[:limit] + f"... ({len(value)} characters)"
 
 
 def _decode(source, name: str, max_pixels: int) -> Image.Image:
