@@ -14,6 +14,7 @@ from PIL import Image, ImageDraw
 
 from florence_vl.serve.server import BackgroundServer, build_app
 from florence_vl.serve.settings import ServeSettings
+from vl_tiny import tiny_vl
 
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
@@ -25,9 +26,15 @@ RED = (220, 30, 30)
 
 
 @pytest.fixture(scope="module")
-def server(tiny_florence2):
-    settings = ServeSettings(api_key="page-key", max_new_tokens=24, default_beams=1, model_name="tiny-f2")
-    with BackgroundServer(build_app(tiny_florence2, settings)) as running:
+def vl(tiny_florence2):
+    return tiny_vl(tiny_florence2)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_florence2, vl):
+    settings = ServeSettings(api_key="page-key", max_new_tokens=24, default_beams=1, model_name="tiny-f2",
+                             chat_model_name="tiny-vl")
+    with BackgroundServer(build_app(tiny_florence2, settings, vl)) as running:
         yield running
 
 
@@ -143,3 +150,83 @@ def test_pasted_image_is_taken(page):
     }""", list(buffer.getvalue()))
     page.wait_for_selector("#preview:not([hidden])")
     assert "pasted.png — 64×48" in page.inner_text("#image-info")
+
+
+# -- chat mode ----------------------------------------------------------------------------------------
+
+QUESTIONS = ["How many shapes are there?", "What color is the star?", "Describe the image in detail.",
+             "Is there a red circle?"]
+
+
+def chat_and_wait(page, question):
+    page.fill("#chat-input", question)
+    page.click("#chat-send")
+    page.wait_for_selector("body[data-chat]", timeout=60_000)
+    return page.get_attribute("body", "data-chat")
+
+
+def test_chat_streams_the_answer_about_the_uploaded_image(page, photo, vl, tmp_path):
+    image = Image.open(photo)
+    answers = {q: vl.chat(image, q, max_new_tokens=16) for q in QUESTIONS}
+    question = max(QUESTIONS, key=lambda q: len(answers[q]))  # the longest answer shows streaming best
+    page.wait_for_selector("body[data-chat-ready=true]")
+    page.set_input_files("#file-input", str(photo))
+    page.wait_for_selector("#preview:not([hidden])")
+    page.click("#mode-chat")
+    assert page.is_visible("#chat-form") and page.is_visible("#chat-panel")
+    assert not page.is_visible("#task-form") and not page.is_visible("#result-panel")
+    assert page.input_value("#chat-tokens") == "24"  # the server's limit, from /health
+    page.fill("#chat-tokens", "16")
+
+    slow = vl.model.llm.register_forward_pre_hook(lambda module, args: __import__("time").sleep(0.08))
+    try:
+        page.fill("#chat-input", question)
+        page.click("#chat-send")
+        page.wait_for_function("() => { const t = document.querySelector('.turn.assistant.streaming .text');"
+                               " return t && t.textContent.length > 0; }", timeout=60_000)
+        partial = page.eval_on_selector(".turn.assistant .text", "e => e.textContent")
+        assert page.get_attribute("body", "data-chat") is None  # seen while still streaming
+        page.wait_for_selector("body[data-chat]", timeout=60_000)
+    finally:
+        slow.remove()
+    assert page.get_attribute("body", "data-chat") == "done", page.inner_text("#error")
+    answer = page.eval_on_selector(".turn.assistant .text", "e => e.textContent")
+    assert answer == answers[question] and answers[question].startswith(partial) and len(partial) < len(answer)
+    assert int(page.get_attribute("body", "data-chat-chunks")) > 1
+    assert page.inner_text(".turn.user .text") == question
+
+    shot_path = tmp_path / "chat.png"
+    page.screenshot(path=str(shot_path), full_page=True)
+    thumb = page.locator(".turn.user img").bounding_box()
+    bubble = page.locator(".turn.assistant").bounding_box()
+    with Image.open(shot_path) as shot:
+        shot = shot.convert("RGB")
+        crop = shot.crop((int(thumb["x"]) + 2, int(thumb["y"]) + 2, int(thumb["x"] + thumb["width"]) - 2,
+                          int(thumb["y"] + thumb["height"]) - 2))
+        pixels = list(crop.getdata())
+        assert sum(1 for r, g, b in pixels if r > 180 and g < 80 and b < 80) > 0.4 * len(pixels)  # the red photo
+        answer_area = shot.crop((int(bubble["x"]), int(bubble["y"]), int(bubble["x"] + bubble["width"]),
+                                 int(bubble["y"] + bubble["height"])))
+        assert len(set(answer_area.getdata())) > 2  # the bubble holds rendered text, not a blank box
+
+    follow = QUESTIONS[0] if question != QUESTIONS[0] else QUESTIONS[1]
+    assert chat_and_wait(page, follow) == "done", page.inner_text("#error")
+    want = vl.chat(image, follow, history=[(question, answers[question])], max_new_tokens=16)
+    assert page.eval_on_selector_all(".turn.assistant .text", "es => es.map(e => e.textContent)") == \
+        [answers[question], want]  # the second answer saw the first turn
+
+
+def test_chat_errors_show_the_servers_message(page, photo):
+    page.wait_for_selector("body[data-chat-ready=true]")
+    page.click("#mode-chat")
+    page.set_input_files("#file-input", str(photo))
+    page.wait_for_selector("#preview:not([hidden])")
+    page.fill("#key-input", "wrong")
+    assert chat_and_wait(page, "How many shapes are there?") == "error"
+    assert "API key" in page.inner_text("#error")
+    assert page.locator(".turn.assistant").count() == 0  # no half answer left behind
+    page.fill("#key-input", "page-key")
+    assert chat_and_wait(page, "How many shapes are there?") == "done", page.inner_text("#error")
+    assert page.locator(".turn.assistant").count() == 1 and not page.is_visible("#error")
+    page.click("#mode-tasks")
+    assert page.is_visible("#task-form") and not page.is_visible("#chat-form")

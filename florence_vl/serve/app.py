@@ -183,7 +183,7 @@ def create_app(service: Florence2Service, settings: ServeSettings | None = None,
                   "queue": queue(batcher), "batching": batching(batcher), "chat": None}
         if chat is not None:
             answer["chat"] = {"model": chat.name, "queue": queue(chat.batcher), "batching": batching(chat.batcher),
-                              **chat.stats.to_dict()}
+                              "limits": chat.limits(), **chat.stats.to_dict()}
         return answer
 
     @app.get("/v1/models", dependencies=[Depends(require_key)])

@@ -145,6 +145,11 @@ class ChatService:
                 "kind": self.kind, "source": self.vl.source, "context_length": self.context,
                 "image_tokens": self.image_tokens}
 
+    def limits(self) -> dict:
+        s = self.settings
+        return {"max_tokens": s.max_new_tokens, "max_prompt_tokens": s.max_prompt_tokens,
+                "context_length": self.context, "image_tokens": self.image_tokens, "images_per_request": 1}
+
     # -- before queueing ------------------------------------------------------------------------------
 
     def prepare(self, conversation: Conversation, *, max_tokens: int | None, stop: Sequence[str],
