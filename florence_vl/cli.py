@@ -57,22 +57,34 @@ def build_parser() -> argparse.ArgumentParser:
                        "file; several: OUT-<image name>.png)")
     _add_model_options(tasks)
 
-    predict = sub.add_parser("predict", help="run a task over a directory of images and write a results file",
-                             description="Run one Florence-2 task over every image in a directory, in batches. "
-                             "Resumable: a re-run skips the images already done. An image that cannot be "
-                             "read is named, skipped and counted; the job goes on.")
-    predict.add_argument("--task", required=True, help="task name, e.g. OD")
-    predict.add_argument("--images", required=True, metavar="DIR", help="directory of images")
+    predict = sub.add_parser("predict", help="batch jobs: a Florence-2 task over a directory of images, or "
+                             "Florence-VL answers to a file of questions",
+                             description="Either run one Florence-2 task over every image in a directory (--task, "
+                             "--images), or answer every question of a JSON-lines file with Florence-VL (--input, "
+                             "--image-root; lines {\"id\", \"image\", \"question\"} -> {\"id\", \"answer\"}). In "
+                             "batches, with a progress bar. Resumable: a re-run skips what is done. An image that "
+                             "cannot be read is named, skipped and counted; the job goes on. Defaults: --beams 3 and "
+                             "--max-new-tokens 1024 for tasks, 1 and 64 for questions.",
+                             epilog="examples: florence-vl predict --task OD --images DIR --format coco --out p.json\n"
+                             "          florence-vl predict --input questions.jsonl --image-root DIR "
+                             "--out answers.jsonl", formatter_class=argparse.RawDescriptionHelpFormatter)
+    predict.add_argument("--task", help="Florence-2 task name, e.g. OD (with --images)")
+    predict.add_argument("--images", metavar="DIR", help="directory of images (with --task)")
+    predict.add_argument("--input", metavar="QUESTIONS.jsonl", help="questions for Florence-VL, one JSON object "
+                         "per line: {\"id\", \"image\", \"question\"}")
+    predict.add_argument("--image-root", metavar="DIR", help="folder the questions' image paths are relative to "
+                         "(default: the --input file's folder)")
     predict.add_argument("--text", help="phrase for tasks that take one")
     predict.add_argument("--region", help="x0,y0,x1,y1 for REGION_TO_* tasks (same region on every image)")
-    predict.add_argument("--format", choices=["json", "jsonl", "coco"], default="json",
+    predict.add_argument("--format", choices=["json", "jsonl", "coco"],
                          help="json: every result; jsonl: one result per line, written as it goes; coco: COCO "
                          "results list for detection/segmentation. Re-running skips finished images (json and "
-                         "coco keep them in OUT.results.jsonl)")
+                         "coco keep them in OUT.results.jsonl). Default: json; questions are always jsonl")
     predict.add_argument("--coco-gt", metavar="GT.json", help="COCO ground truth whose image and category ids "
                          "the coco output should use")
     predict.add_argument("--out", required=True, help="output file")
     _add_model_options(predict)
+    predict.set_defaults(beams=None, max_new_tokens=None)
 
     serve = sub.add_parser("serve", help="serve Florence-2 tasks over HTTP (JSON API + web page), batching "
                            "requests from many clients",
@@ -212,6 +224,18 @@ def cmd_predict(args) -> int:
     from .florence2.tasks import build_prompt, get_task
     from .images import find_images
 
+    if args.input is not None:
+        from .vl.commands import cmd_predict_questions
+
+        return cmd_predict_questions(args, _load_florence_vl)
+    if not args.task or not args.images:
+        raise InputError("predict needs --task and --images (a Florence-2 task over a folder) or --input "
+                         "QUESTIONS.jsonl (Florence-VL answers)")
+    if args.image_root is not None:
+        raise InputError("--image-root goes with --input; Florence-2 tasks read --images DIR")
+    args.format = args.format or "json"
+    args.beams = 3 if args.beams is None else args.beams
+    args.max_new_tokens = 1024 if args.max_new_tokens is None else args.max_new_tokens
     _check_generation_args(args)
     task = get_task(args.task)
     paths = find_images(args.images)

@@ -1,7 +1,7 @@
 """Batch jobs: one Florence-2 task over a folder of images, batched, resumable, bad images skipped.
 
-Every finished image is appended to a JSON-lines journal, one line per image (`TaskResult.to_dict()`),
-flushed after each batch. With `--format jsonl` the journal is the output itself; with json or coco it
+Every finished image is appended to a JSON-lines journal (florence_vl/journal.py, shared with the
+Florence-VL question job), one line per image (`TaskResult.to_dict()`), fsynced after each batch. With `--format jsonl` the journal is the output itself; with json or coco it
 is `OUT.results.jsonl` beside the output, which is rebuilt from it at the end. A re-run reads the
 journal and skips the images already in it, so an interrupted job goes on where it stopped (a line
 torn by the interruption is dropped). An image that cannot be used is logged, counted and skipped;
@@ -10,15 +10,15 @@ the job goes on. Images are checked before the model loads, so those mistakes sh
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 from ..errors import InputError
 from ..images import load_image
+from ..journal import JournalWriter, progress_bar, stderr_log  # noqa: F401 - stderr_log: the CLI's logger
+from ..journal import read_journal as journal_lines
 from .export import results_from_json, results_to_json, write_coco_results, write_json
 
 FORMATS = ("json", "jsonl", "coco")
@@ -34,27 +34,8 @@ def journal_path(out: str | os.PathLike, fmt: str) -> Path:
 
 
 def read_journal(path: str | os.PathLike, task: str) -> list[dict]:
-    """The records already written; a torn last line (interrupted write) is cut off the file."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    raw = path.read_bytes()
-    records, good_bytes = [], 0
-    for line in raw.splitlines(keepends=True):
-        try:
-            record = json.loads(line)
-            if not line.endswith(b"\n") or not isinstance(record, dict) or "image" not in record:
-                raise ValueError
-        except ValueError:
-            if good_bytes + len(line) < len(raw):  # not the last line: the file is not ours
-                raise InputError(f"{path} is not a results journal (bad line {len(records) + 1}); "
-                                 "use another --out") from None
-            break
-        records.append(record)
-        good_bytes += len(line)
-    if good_bytes < len(raw):
-        with open(path, "r+b") as f:
-            f.truncate(good_bytes)
+    """The task results already written (journal.read_journal); a journal of another task is refused."""
+    records = journal_lines(path, "image")
     other = {r.get("task") for r in records} - {task}
     if other:
         raise InputError(f"{path} holds results of {', '.join(sorted(map(str, other)))}, not {task}; "
@@ -90,14 +71,11 @@ def plan_job(paths: Sequence[Path], task: str, journal: Path, log: Callable[[str
 def run_job(florence, plan: JobPlan, journal: Path, *, task: str, text: str | None, region, batch_size: int,
             num_beams: int, max_new_tokens: int, log: Callable[[str], None], progress: bool = True) -> list[dict]:
     """Run the plan's images `batch_size` at a time, appending each batch to the journal; new records."""
-    from tqdm.auto import tqdm
-
     from .runner import TaskRequest
 
-    journal.parent.mkdir(parents=True, exist_ok=True)
     written: list[dict] = []
-    bar = tqdm(total=len(plan.todo), desc=f"florence-2 {task}", unit="img", disable=not progress)
-    with open(journal, "a", encoding="utf-8") as f:
+    bar = progress_bar(len(plan.todo), f"florence-2 {task}", "img", progress)
+    with JournalWriter(journal) as out:
         for start in range(0, len(plan.todo), batch_size):
             chunk = plan.todo[start:start + batch_size]
             requests = [TaskRequest(p, task, text, region) for p in chunk]
@@ -113,14 +91,9 @@ def run_job(florence, plan: JobPlan, journal: Path, *, task: str, text: str | No
                     except InputError as error:
                         plan.skipped.append((path, str(error)))
                         log(f"skipped {path}: {error}")
-            lines = []
-            for result in results:
-                [record] = results_to_json([result])
-                written.append(record)
-                lines.append(json.dumps(record, ensure_ascii=False) + "\n")
-            f.write("".join(lines))
-            f.flush()
-            os.fsync(f.fileno())
+            records = results_to_json(results)
+            out.append(records)
+            written += records
             bar.update(len(chunk))
             bar.set_postfix(skipped=len(plan.skipped), refresh=False)
     bar.close()
@@ -140,9 +113,3 @@ def finish_job(fmt: str, out: Path, journal: Path, paths: Sequence[Path], task: 
     else:
         write_json(results, out)
     return len(results)
-
-
-def stderr_log(message: str) -> None:
-    from tqdm.auto import tqdm
-
-    tqdm.write(message, file=sys.stderr)

@@ -1,4 +1,4 @@
-"""The Florence-VL commands of `florence-vl`: chat (one question, or interactive), train vl, eval vl."""
+"""The Florence-VL commands of `florence-vl`: chat (one question, or interactive), eval vl, predict --input."""
 
 from __future__ import annotations
 
@@ -87,4 +87,40 @@ def cmd_eval_vl(args) -> int:
     if args.out:
         write_report(result, args.out)
         print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_predict_questions(args, load_vl) -> int:
+    """`florence-vl predict --input questions.jsonl --image-root DIR --out answers.jsonl`: Florence-VL answers."""
+    from ..journal import stderr_log
+    from .predict_job import plan_questions, run_questions
+
+    for flag, value in (("--task", args.task), ("--images", args.images), ("--text", args.text),
+                        ("--region", args.region), ("--coco-gt", args.coco_gt)):
+        if value is not None:
+            raise InputError(f"{flag} goes with Florence-2 tasks (--task, --images), not with --input questions")
+    if args.format not in (None, "jsonl"):
+        raise InputError("answers to --input questions are written as jsonl; leave out --format")
+    beams = 1 if args.beams is None else args.beams
+    max_new_tokens = 64 if args.max_new_tokens is None else args.max_new_tokens
+    if args.batch_size < 1 or beams < 1 or max_new_tokens < 1:
+        raise InputError("--batch-size, --beams and --max-new-tokens must be at least 1")
+    out = Path(args.out)
+    if out.is_dir():
+        raise InputError(f"--out {args.out} is a directory; give a file name")
+    image_root = args.image_root if args.image_root is not None else str(Path(args.input).parent)
+    plan = plan_questions(args.input, image_root, out, log=stderr_log)  # every input mistake before the model loads
+    if plan.total == 0:
+        raise InputError(f"{args.input} holds no usable question ({plan.bad_lines} bad line(s)); each line must be "
+                         '{"id", "image", "question"}')
+    if not plan.todo and not plan.done:
+        raise InputError(f"none of the {plan.total} questions has a usable image (first: {plan.skipped[0][1]})")
+    answered = 0
+    if plan.todo:
+        if plan.done:
+            print(f"resuming: {plan.done} of {plan.total} questions already answered in {args.out}", file=sys.stderr)
+        answered = run_questions(load_vl(args, args.model), plan, out, batch_size=args.batch_size,
+                                 max_new_tokens=max_new_tokens, num_beams=beams, log=stderr_log)
+    notes = f"; {plan.summary()} (named above)" if plan.summary() else ""
+    print(f"wrote {args.out}: {answered + plan.done} answers ({plan.done} from before){notes}", file=sys.stderr)
     return 0
