@@ -146,35 +146,91 @@ def _weights_file(directory: Path, allow_pickle: bool) -> Path:
     return present[0]
 
 
-def _read_one(path: Path) -> dict[str, torch.Tensor]:
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                       "U8": torch.uint8, "BOOL": torch.bool}
+
+
+_CAST_CHUNK_BYTES = 16 * 2**20
+
+
+def _read_safetensors(path: Path, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """Read a safetensors file tensor by tensor with plain reads (no mmap: mapped pages of the whole file would
+    count as resident). A floating tensor stored in another dtype than `dtype` is cast in 16 MiB chunks straight
+    into its destination, so loading an fp32 file in bf16 peaks at the bf16 model + 16 MiB, never an fp32 copy."""
+    def corrupt(reason: str) -> CheckpointError:
+        return CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): {reason}")
+
+    out: dict[str, torch.Tensor] = {}
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(8)
+        if len(head) < 8:
+            raise corrupt("no header")
+        length = int.from_bytes(head, "little")
+        if length > size - 8:
+            raise corrupt(f"header of {length} bytes in a file of {size}")
+        try:
+            header = json.loads(f.read(length))
+            specs = [(k, _SAFETENSORS_DTYPES[v["dtype"]], [int(d) for d in v["shape"]],
+                      [int(o) for o in v["data_offsets"]]) for k, v in header.items() if k != "__metadata__"]
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise corrupt(f"bad header ({type(error).__name__}: {error})") from None
+        base = 8 + length
+        for name, stored, shape, (begin, end) in sorted(specs, key=lambda s: s[3][0]):
+            item = torch.empty((), dtype=stored).element_size()
+            count = 1
+            for d in shape:
+                count *= d
+            if end - begin != count * item or begin < 0 or base + end > size:
+                raise corrupt(f"tensor {name} does not fit the file")
+            cast = dtype is not None and stored.is_floating_point and stored != dtype
+            target = torch.empty(shape, dtype=dtype if cast else stored)
+            flat = target.view(-1)
+            step = max(1, _CAST_CHUNK_BYTES // item) if cast else max(count, 1)
+            f.seek(base + begin)
+            for start in range(0, count, step):
+                n = min(step, count - start)
+                if cast:
+                    chunk = bytearray(n * item)
+                    got = f.readinto(chunk)
+                    flat[start:start + n] = torch.frombuffer(chunk, dtype=stored)
+                else:  # read straight into the destination tensor's memory
+                    got = f.readinto(memoryview(flat.view(torch.uint8).numpy()))
+                if got != n * item:
+                    raise corrupt(f"tensor {name} is cut short")
+            out[name] = target
+    return out
+
+
+def _read_one(path: Path, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"weights file {path} is missing (listed in the shard index)")
     if path.name.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as error:
-            raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): "
-                                  f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+        return _read_safetensors(path, dtype)
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise CheckpointError(f"{path} is not a readable PyTorch weights file: {type(error).__name__}") from None
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError(f"{path} does not hold a flat state dict of tensors")
+    if dtype is not None:
+        for key in list(sd):  # one tensor at a time
+            if sd[key].is_floating_point():
+                sd[key] = sd[key].to(dtype)
     return dict(sd)
 
 
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+def _read_weights(path: Path, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """All tensors of a weights file or shard index; floating ones cast to `dtype` (None: as stored) per tensor."""
     if not path.name.endswith(".index.json"):
-        return _read_one(path)
+        return _read_one(path, dtype)
     weight_map = _read_json(path).get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointError(f"{path} has no weight_map")
     sd: dict[str, torch.Tensor] = {}
     for shard in sorted(set(weight_map.values())):
-        sd.update(_read_one(path.parent / shard))
+        sd.update(_read_one(path.parent / shard, dtype))
     return sd
 
 
@@ -259,7 +315,7 @@ def _pad_vocab(weight: torch.Tensor, rows: int) -> torch.Tensor:
     extra = rows - weight.shape[0]
     if extra <= 0:
         return weight
-    mean = weight.float().mean(0, keepdim=True).to(weight.dtype)
+    mean = weight.mean(0, keepdim=True, dtype=torch.float32).to(weight.dtype)  # no fp32 copy of the matrix
     return torch.cat([weight, mean.expand(extra, -1)])
 
 
@@ -366,7 +422,7 @@ def load_florence2(source: str | Path, *, dtype: torch.dtype | str | None = None
     where = _weights_file(directory, allow_pickle)
     text = config.get("text_config") or {}
     tokenizer = _load_tokenizer(directory, layout, int(text.get("max_position_embeddings", 1024)))
-    sd = _read_weights(where)
+    sd = _read_weights(where, dtype)  # cast per tensor as read: never a full copy in the stored dtype
     if layout == "original":
         model = _build_original(config, sd, tokenizer, where, dtype)
     else:

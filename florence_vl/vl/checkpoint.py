@@ -196,7 +196,7 @@ def _load_llava(directory: Path, dtype, allow_pickle: bool) -> FlorenceVLBundle:
     if mm_hidden != vision.model.config.vision_config.projection_dim:
         raise CheckpointError(f"{config_path}: mm_hidden_size {mm_hidden} does not match the vision tower's "
                               f"projection_dim {vision.model.config.vision_config.projection_dim}")
-    sd = _read_weights(_weights_file(directory, allow_pickle))
+    sd = _read_weights(_weights_file(directory, allow_pickle), dtype)  # cast per tensor as it is read
     projector = {k[len(PROJECTOR_PREFIX):]: v for k, v in sd.items() if k.startswith(PROJECTOR_PREFIX)}
     if not projector:
         raise CheckpointError(f"{directory}: no {PROJECTOR_PREFIX}* weights; this is an LLM without the "
