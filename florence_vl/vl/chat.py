@@ -5,6 +5,9 @@
     vl.chat("scene.png", "How many shapes are there?")        # -> "3"
     for piece in vl.chat("scene.png", "Describe the image.", stream=True): print(piece, end="")
     vl.answer(["a.png", "b.png"], ["What color is the star?", "Is there a cross?"])   # batched
+
+Image features are cached (`feature_cache`, an LRU of `feature_cache_size` images keyed by pixel content): a
+second question about the same picture runs the LLM only. Call `vl.feature_cache.clear()` after changing weights.
 """
 
 from __future__ import annotations
@@ -18,13 +21,16 @@ from PIL import Image
 
 from ..errors import InputError
 from ..images import load_image
+from .feature_cache import FeatureCache, image_key
 from .model import pad_rows
 from .processor import VLProcessor
 
 
 class FlorenceVL:
-    def __init__(self, model, tokenizer, image_processor, template: str | None = None, source: str = ""):
+    def __init__(self, model, tokenizer, image_processor, template: str | None = None, source: str = "", *,
+                 feature_cache_size: int = 32):
         self.model = model.eval()
+        self.feature_cache = FeatureCache(feature_cache_size)
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.source = source
@@ -35,13 +41,15 @@ class FlorenceVL:
 
     @classmethod
     def from_pretrained(cls, source: str | Path = "nano", *, dtype: torch.dtype | str | None = None,
-                        template: str | None = None, allow_pickle: bool = False) -> "FlorenceVL":
+                        template: str | None = None, allow_pickle: bool = False,
+                        feature_cache_size: int = 32) -> "FlorenceVL":
         """Our own checkpoint format or the published LLaVA layout; "nano" is the shipped Florence-VL-nano."""
         from ..models import resolve_model
         from .checkpoint import load_florence_vl
 
         bundle = load_florence_vl(resolve_model(source, "florence_vl"), dtype=dtype, allow_pickle=allow_pickle)
-        return cls(bundle.model, bundle.tokenizer, bundle.image_processor, template, source=str(source))
+        return cls(bundle.model, bundle.tokenizer, bundle.image_processor, template, source=str(source),
+                   feature_cache_size=feature_cache_size)
 
     def save_pretrained(self, out_dir: str | Path, *, storage_dtype: torch.dtype | str | None = None) -> Path:
         """Our checkpoint format; storage_dtype="bfloat16" halves the bytes (loaded back in today's dtype)."""
@@ -57,6 +65,23 @@ class FlorenceVL:
         return dict(dict(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, pad_token_id=pad,
                          eos_token_id=self.processor.stop_token_ids()), **options)
 
+    @torch.no_grad()
+    def image_embeds(self, images: Sequence) -> torch.Tensor:
+        """(images, tokens, llm_width): the fused features the LLM sees for each image, from the cache where
+        the same picture was seen before; the others are computed as one batch and cached."""
+        pictures = [load_image(im) for im in images]
+        salt = f"{self.processor.image_aspect_ratio}|{self.model.vision_tower.num_image_tokens}"
+        keys = [image_key(p, salt) for p in pictures]
+        found = {k: self.feature_cache.get(k) for k in dict.fromkeys(keys)}
+        missing = [k for k, v in found.items() if v is None]
+        if missing:
+            first = {k: pictures[keys.index(k)] for k in missing}
+            fresh = self.model.image_features(self.processor.pixel_values(list(first.values())))
+            for k, row in zip(missing, fresh):
+                found[k] = row
+                self.feature_cache.put(k, row)
+        return torch.stack([found[k] for k in keys])
+
     def _decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True).strip()
 
@@ -67,11 +92,10 @@ class FlorenceVL:
             raise InputError(f"{len(images)} images but {len(questions)} questions")
         answers: list[str] = []
         for start in range(0, len(images), batch_size):
-            batch_images = [load_image(im) for im in images[start:start + batch_size]]
+            embeds = self.image_embeds(images[start:start + batch_size])
             prompts = [self.processor.prompt(q) for q in questions[start:start + batch_size]]
             inputs = pad_rows(prompts, self.processor.pad_id, side="left")
-            out = self.model.generate(**inputs, pixel_values=self.processor.pixel_values(batch_images),
-                                      **self._options(max_new_tokens, options))
+            out = self.model.generate(**inputs, image_embeds=embeds, **self._options(max_new_tokens, options))
             answers += [self._decode(row) for row in out.tolist()]
         return answers
 
@@ -79,8 +103,7 @@ class FlorenceVL:
     def ask_many(self, image, questions: Sequence[str], *, batch_size: int = 32, max_new_tokens: int = 16,
                  **options) -> list[str]:
         """Many questions about one image: its features are computed once and shared by every question."""
-        picture = load_image(image)
-        embeds = self.model.image_features(self.processor.pixel_values([picture]))
+        embeds = self.image_embeds([image])
         answers: list[str] = []
         for start in range(0, len(questions), batch_size):
             chunk = questions[start:start + batch_size]
@@ -96,17 +119,16 @@ class FlorenceVL:
         iterator of text pieces as they are generated."""
         if not question or not question.strip():
             raise InputError("the question is empty")
-        picture = load_image(image)
         if history and "<image>" not in history[0][0]:
             history = [("<image>\n" + history[0][0], history[0][1])] + list(history[1:])
         inputs = pad_rows([self.processor.prompt(question, history)], self.processor.pad_id, side="left")
-        pixels = self.processor.pixel_values([picture])
+        embeds = self.image_embeds([image])
         options = self._options(max_new_tokens, options)
         if not stream:
-            return self._decode(self.model.generate(**inputs, pixel_values=pixels, **options)[0].tolist())
-        return self._stream(inputs, pixels, options)
+            return self._decode(self.model.generate(**inputs, image_embeds=embeds, **options)[0].tolist())
+        return self._stream(inputs, embeds, options)
 
-    def _stream(self, inputs: dict, pixels: torch.Tensor, options: dict) -> Iterator[str]:
+    def _stream(self, inputs: dict, embeds: torch.Tensor, options: dict) -> Iterator[str]:
         from transformers import TextIteratorStreamer
 
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -114,7 +136,7 @@ class FlorenceVL:
 
         def work():
             try:
-                self.model.generate(**inputs, pixel_values=pixels, streamer=streamer, **options)
+                self.model.generate(**inputs, image_embeds=embeds, streamer=streamer, **options)
             except BaseException as error:  # surfaced in the caller's thread
                 errors.append(error)
                 streamer.end()

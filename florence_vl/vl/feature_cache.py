@@ -1,0 +1,66 @@
+"""A bounded LRU of fused image features, keyed by the image's content, so that a second question about the
+same image skips Florence-2 (DaViT + three encoder prompts + projector), which is most of the time to first
+token. Keys hash the decoded pixels (mode, size, bytes) with BLAKE2b: the same picture read from another file
+or path hits, a changed pixel misses. Values are the (tokens, width) features exactly as the model computed
+them, so cached answers equal uncached ones (tested). The cache knows nothing about the weights: whoever
+changes them (training, loading others) must call `clear()`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+
+import torch
+from PIL import Image
+
+
+def image_key(image: Image.Image, salt: str = "") -> str:
+    """Content hash of a decoded image (plus `salt`: anything else the features depend on)."""
+    digest = hashlib.blake2b(digest_size=20)
+    digest.update(f"{salt}|{image.mode}|{image.size[0]}x{image.size[1]}|".encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()
+
+
+class FeatureCache:
+    """At most `max_images` feature tensors; the least recently used goes first. max_images=0 disables it."""
+
+    def __init__(self, max_images: int = 32):
+        if max_images < 0:
+            raise ValueError("max_images must be >= 0")
+        self.max_images = int(max_images)
+        self._items: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._items
+
+    def get(self, key: str) -> torch.Tensor | None:
+        value = self._items.get(key)
+        if value is None:
+            self.misses += 1
+            return None
+        self._items.move_to_end(key)
+        self.hits += 1
+        return value
+
+    def put(self, key: str, features: torch.Tensor) -> None:
+        if not self.max_images:
+            return
+        # A row of a batch would keep the whole batch alive: store a compact copy without autograd history.
+        self._items[key] = features.detach().clone()
+        self._items.move_to_end(key)
+        while len(self._items) > self.max_images:
+            self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        self._items.clear()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self._items.values())
