@@ -6,7 +6,7 @@ MODEL ?= nano
 TASK ?= OD
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install browser demo test bench bench-serve nano nano-long ship-nano eval-nano clean
+.PHONY: install browser demo test bench bench-serve bench-chat nano nano-long ship-nano eval-nano clean
 
 $(BIN)/florence-vl: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -66,6 +66,11 @@ bench: install
 # florence-vl serve under 8 concurrent clients: dynamic batching vs one request at a time (docs/serving.md).
 bench-serve: install
 	$(BIN)/python bench/serve_batching.py
+
+# Chat under 8 concurrent clients for 60 s per mode, batched vs one at a time (SECONDS=5 for a smoke run).
+CHAT_SECONDS ?= 60
+bench-chat: install
+	$(BIN)/python bench/serve_chat.py --seconds $(CHAT_SECONDS)
 
 clean:
 	rm -rf out .pytest_cache .hypothesis
