@@ -67,7 +67,7 @@ bench: install
 bench-serve: install
 	$(BIN)/python bench/serve_batching.py
 
-# Chat under 8 concurrent clients for 60 s per mode, batched vs one at a time (SECONDS=5 for a smoke run).
+# Chat under 8 concurrent clients for 60 s per mode, batched vs one at a time (CHAT_SECONDS=5: a smoke run).
 CHAT_SECONDS ?= 60
 bench-chat: install
 	$(BIN)/python bench/serve_chat.py --seconds $(CHAT_SECONDS)

@@ -207,3 +207,54 @@ def test_without_a_chat_model_the_task_api_still_works(tiny_florence2):
         task = httpx.post(running.url + "/v1/florence2/tasks", timeout=60,
                           json={"image": data_url(picture()), "task": "OD", "num_beams": 1, "max_new_tokens": 8})
         assert task.status_code == 200 and httpx.get(running.url + "/health").json()["chat"] is None
+
+
+# -- `florence-vl serve --vl-model` -------------------------------------------------------------------
+
+
+def free_port() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def test_serve_command_loads_the_chat_model(tiny_florence2, tmp_path, monkeypatch, capsys):
+    import uvicorn
+
+    from florence_vl import cli
+    from florence_vl.vl.tiny_checkpoint import make_tiny_vl_checkpoint
+
+    checkpoint = make_tiny_vl_checkpoint(tmp_path / "vl", preset="tiny")
+    started = {}
+    monkeypatch.setattr(cli, "_load_florence2", lambda args: tiny_florence2)
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: started.update(app=app, **options))
+    assert cli.main(["serve", "--vl-model", str(checkpoint), "--vl-model-name", "vl-cli", "--port", "0"]) == 2
+    assert cli.main(["serve", "--vl-model", str(checkpoint), "--vl-model-name", "vl-cli", "--max-new-tokens", "8",
+                     "--port", free_port()]) == 0
+    assert "chat vl-cli" in capsys.readouterr().err
+    with BackgroundServer(started["app"]) as running:
+        client = openai.OpenAI(base_url=running.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        assert [m.id for m in client.models.list().data] == ["florence-2", "vl-cli"]
+        reply = client.chat.completions.create(model="vl-cli", messages=[user(QUESTIONS[0], picture())])
+        assert reply.usage.completion_tokens <= 8 and reply.choices[0].finish_reason in ("stop", "length")
+
+
+def test_serve_command_chat_model_mistakes_and_defaults(tiny_florence2, tmp_path, monkeypatch, capsys):
+    import argparse
+
+    from florence_vl import cli, models
+    from florence_vl.serve.server import chat_model_source
+
+    monkeypatch.setattr(cli, "_load_florence2", lambda args: tiny_florence2)
+    assert cli.main(["serve", "--vl-model", str(tmp_path / "nope"), "--port", free_port()]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("florence-vl serve: error:") and "nope" in err
+    monkeypatch.setattr(models, "NANO_ROOT", tmp_path)
+    assert chat_model_source(argparse.Namespace(vl_model=None)) is None  # no shipped Florence-VL-nano: no chat
+    (tmp_path / "florence-vl").mkdir()
+    (tmp_path / "florence-vl" / "florence_vl.json").write_text("{}")
+    assert chat_model_source(argparse.Namespace(vl_model=None)) == "nano"  # shipped: the default chat model
+    assert chat_model_source(argparse.Namespace(vl_model="none")) is None
+    assert chat_model_source(argparse.Namespace(vl_model="some/dir")) == "some/dir"
