@@ -86,12 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(predict)
     predict.set_defaults(beams=None, max_new_tokens=None)
 
-    serve = sub.add_parser("serve", help="serve Florence-2 tasks over HTTP (JSON API + web page), batching "
-                           "requests from many clients",
-                           description="Serve a model over HTTP: GET / (web page), GET /health, GET /v1/models, "
-                           "POST /v1/florence2/tasks. Requests arriving within --batch-window-ms run as one batch "
-                           "of up to --batch-size; a full queue answers 503 with Retry-After.",
-                           epilog="example: florence-vl serve --model DIR --port 8000 --allow-dir ./images")
+    serve = sub.add_parser("serve", help="serve Florence-2 tasks and Florence-VL chat over HTTP (JSON API, "
+                           "OpenAI chat API, web page), batching requests from many clients",
+                           description="Serve over HTTP: GET / (web page), GET /health, GET /v1/models, "
+                           "POST /v1/florence2/tasks (Florence-2, --model) and POST /v1/chat/completions "
+                           "(OpenAI-compatible, Florence-VL, --vl-model). Requests arriving within "
+                           "--batch-window-ms run as one batch of up to --batch-size; a full queue answers 503 "
+                           "with Retry-After.",
+                           epilog="example: florence-vl serve --model DIR --vl-model VL_DIR --allow-dir ./images")
     _add_model_options(serve)
     add_serve_arguments(serve)
 
