@@ -230,6 +230,7 @@ def create_app(service: Florence2Service, settings: ServeSettings | None = None,
 
         started = time.monotonic()
         try:
+            service.batcher.refuse_if_full()  # before the image is decoded: a full server refuses at once
             task_request = await run_in_threadpool(prepare)
             result = await _until_disconnect(request, service.run(task_request,
                                                                   GenerationOptions(num_beams, max_new_tokens)))

@@ -129,6 +129,13 @@ class DynamicBatcher:
         batches_ahead = math.ceil((len(self._queue) + 1) / self.max_batch_size)
         return max(1, math.ceil(batches_ahead * self.stats.seconds_per_batch))
 
+    def refuse_if_full(self) -> None:
+        """Raise QueueFull (counted as a refusal) if `submit` would refuse now. Callers ask before their costly
+        preparation (decoding an image, tokenizing), so a full server sheds load at almost no cost."""
+        if len(self._queue) >= self.max_queue:
+            self.stats.rejected += 1
+            raise QueueFull(self.retry_after())
+
     async def submit(self, payload: Any, key: Hashable = None) -> Any:
         """Queue one item and wait for its result. Raises QueueFull at once when the queue is full."""
         if self._worker is None:

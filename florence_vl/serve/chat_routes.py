@@ -73,6 +73,7 @@ def add_chat_routes(app: FastAPI, chat: ChatService | None, require_key) -> None
         conversation = parse_messages(body.messages)
         sampling = Sampling.of(body.temperature, body.top_p)
         try:
+            chat.batcher.refuse_if_full()  # before the image is decoded: a full server refuses at once
             row = await run_in_threadpool(chat.prepare, conversation, max_tokens=body.token_limit, stop=body.stops,
                                           logit_bias=body.logit_bias, sampling=sampling)
             job = await chat.start_job(row)

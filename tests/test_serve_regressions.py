@@ -1,0 +1,98 @@
+"""Regressions: what tests/test_serve_fuzz.py and tests/test_serve_load.py found, each pinned as an explicit
+case (fixed in florence_vl/serve/)."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from PIL import Image
+
+import florence_vl.serve.app as app_module
+import florence_vl.serve.chat_service as chat_module
+from florence_vl.serve.errors import ApiError
+from florence_vl.serve.image_source import decode_image_source
+from florence_vl.serve.server import BackgroundServer, build_app
+from florence_vl.serve.settings import ServeSettings
+from test_serve_api import GatedFlorence, data_url, picture, wait_for
+from test_serve_chat_limits import Gate
+from vl_tiny import tiny_vl
+
+
+@pytest.fixture(scope="module")
+def allowed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("allowed")
+    Image.new("RGB", (8, 6)).save(root / "photo.png")
+    (root / "sub").mkdir()
+    os.symlink(root / "loop", root / "loop")                 # a link to itself
+    os.symlink(root / "sub" / "b", root / "sub" / "a")       # a -> b -> a
+    os.symlink(root / "sub" / "a", root / "sub" / "b")
+    return root
+
+
+def refused(value, allowed):
+    with pytest.raises(ApiError) as raised:
+        decode_image_source(value, allow_dirs=(allowed,), max_pixels=10_000)
+    return raised.value
+
+
+# 1. A path inside the allow-list that the file system cannot look up (a name over NAME_MAX, a symlink loop)
+#    ended in an uncaught OSError / RuntimeError: 500 internal_error. Now 400 bad_image, one short line.
+@pytest.mark.parametrize("value", ["a" * 5000, "sub/" + "b" * 300 + ".png", "x/" * 3000 + "y.png", "loop",
+                                   "loop/x.png", "sub/a", "sub/b/c.png", "file://ROOT/loop"])
+def test_paths_the_file_system_cannot_look_up_are_a_400(allowed, value):
+    error = refused(value.replace("ROOT", str(allowed)), allowed)
+    assert (error.status, error.code) == (400, "bad_image"), error.message
+    assert "cannot be read" in error.message and len(error.message) < 250 and "\n" not in error.message
+
+
+# 2. A path with a newline went back inside the one-line error message ("image not found: a\nb").
+@pytest.mark.parametrize("value", ["a\nb.png", "sub/x\r\ny.png", "missing\n.png"])
+def test_error_messages_about_paths_stay_on_one_line(allowed, value):
+    error = refused(value, allowed)
+    assert (error.status, error.code) == (400, "image_not_found") and "\n" not in error.message
+    assert "\r" not in error.message
+
+
+def test_the_good_path_still_reads_and_outside_is_still_403(allowed):
+    assert decode_image_source("photo.png", allow_dirs=(allowed,), max_pixels=10_000).size == (8, 6)
+    assert refused("../" * 3 + "etc/passwd", allowed).status == 403
+
+
+# -- found by the load test ---------------------------------------------------------------------------------
+
+
+# 3. With the queue full, every refused request was still decoded and tokenized first, so refusing cost as
+#    much CPU as accepting and, past capacity, the refusals slowed the answers down.
+def test_a_full_queue_refuses_before_decoding_the_image(tiny_florence2, monkeypatch):
+    """Now the queue is checked before the image is touched (tasks and chat)."""
+    decoded = []
+    for module in (app_module, chat_module):
+        real = module.decode_image_source
+        monkeypatch.setattr(module, "decode_image_source",
+                            lambda *a, _real=real, **k: decoded.append(1) or _real(*a, **k))
+    gated_f2, gated_vl = GatedFlorence(tiny_florence2), Gate(tiny_vl(tiny_florence2))
+    task = {"image": data_url(picture()), "task": "OD", "num_beams": 1, "max_new_tokens": 4}
+    ask = {"messages": [{"role": "user", "content": [{"type": "text", "text": "What is this?"},
+                                                     {"type": "image_url", "image_url": {"url": data_url(picture())}}]}],
+           "max_tokens": 4}
+    settings = ServeSettings(max_batch_size=1, batch_window_ms=0, max_queue=1, max_new_tokens=8)
+    with BackgroundServer(build_app(gated_f2, settings, gated_vl)) as server, ThreadPoolExecutor(4) as pool:
+        post = lambda path, body: httpx.post(server.url + path, json=body, timeout=60)  # noqa: E731
+        held = [pool.submit(post, "/v1/florence2/tasks", task), pool.submit(post, "/v1/chat/completions", ask)]
+        wait_for(server, lambda h: h["queue"]["running"] == 1 and h["chat"]["queue"]["running"] == 1)
+        held += [pool.submit(post, "/v1/florence2/tasks", task), pool.submit(post, "/v1/chat/completions", ask)]
+        wait_for(server, lambda h: h["queue"]["waiting"] == 1 and h["chat"]["queue"]["waiting"] == 1)
+        before = len(decoded)
+        for path, body in [("/v1/florence2/tasks", task), ("/v1/chat/completions", ask)] * 3:
+            refused = post(path, body)
+            assert refused.status_code == 503 and refused.json()["error"]["code"] == "queue_full", refused.text
+            assert int(refused.headers["retry-after"]) >= 1
+        assert len(decoded) == before  # refused without decoding an image
+        gated_f2.gate.set()
+        gated_vl.gate.set()
+        assert [f.result().status_code for f in held] == [200] * 4
+        health = wait_for(server, lambda h: True)
+        assert health["batching"]["rejected"] == 3 and health["chat"]["batching"]["rejected"] == 3
