@@ -3,7 +3,10 @@ case (fixed in florence_vl/serve/)."""
 
 from __future__ import annotations
 
+import json
 import os
+import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -78,7 +81,7 @@ def test_a_full_queue_refuses_before_decoding_the_image(tiny_florence2, monkeypa
     ask = {"messages": [{"role": "user", "content": [{"type": "text", "text": "What is this?"},
                                                      {"type": "image_url", "image_url": {"url": data_url(picture())}}]}],
            "max_tokens": 4}
-    settings = ServeSettings(max_batch_size=1, batch_window_ms=0, max_queue=1, max_new_tokens=8)
+    settings = ServeSettings(max_batch_size=1, batch_window_ms=0, max_queue=1, max_new_tokens=8, max_active=16)
     with BackgroundServer(build_app(gated_f2, settings, gated_vl)) as server, ThreadPoolExecutor(4) as pool:
         post = lambda path, body: httpx.post(server.url + path, json=body, timeout=60)  # noqa: E731
         held = [pool.submit(post, "/v1/florence2/tasks", task), pool.submit(post, "/v1/chat/completions", ask)]
@@ -96,3 +99,39 @@ def test_a_full_queue_refuses_before_decoding_the_image(tiny_florence2, monkeypa
         assert [f.result().status_code for f in held] == [200] * 4
         health = wait_for(server, lambda h: True)
         assert health["batching"]["rejected"] == 3 and health["chat"]["batching"]["rejected"] == 3
+
+
+# 4. Nothing bounded the requests inside the server before the queue: every client's body was read into
+#    memory and its image decoded before the queue said no. 40 clients sending 7.8 MB bodies at once took
+#    the server from 0.45 to 1.6 GB RSS; at the default 20 MB limit a few hundred clients exhaust memory.
+#    Now at most --max-active requests with a body are inside; the next is refused before its body is read.
+def test_past_max_active_a_request_is_refused_before_its_body_is_read(tiny_florence2):
+    gated = GatedFlorence(tiny_florence2)
+    task = {"image": data_url(picture()), "task": "OD", "num_beams": 1, "max_new_tokens": 4}
+    settings = ServeSettings(max_batch_size=1, batch_window_ms=0, max_queue=1, max_active=3)
+    with BackgroundServer(build_app(gated, settings)) as server, ThreadPoolExecutor(2) as pool:
+        post = lambda: httpx.post(server.url + "/v1/florence2/tasks", json=task, timeout=60)  # noqa: E731
+        held = [pool.submit(post)]
+        wait_for(server, lambda h: h["queue"]["running"] == 1)
+        held.append(pool.submit(post))
+        wait_for(server, lambda h: h["queue"]["waiting"] == 1)
+        slow = socket.create_connection((server.host, server.port))  # a client still sending its body
+        slow.sendall(b"POST /v1/florence2/tasks HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"ima")
+        wait_for(server, lambda h: h["admission"]["active"] == 3)
+        with socket.create_connection((server.host, server.port), timeout=5) as big:  # 5 MB announced, none sent
+            started = time.monotonic()
+            big.sendall(b"POST /v1/florence2/tasks HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n\r\n")
+            answer = big.recv(65536)
+            assert time.monotonic() - started < 3  # answered without waiting for the body
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in head.lower(), answer
+        assert json.loads(body)["error"]["code"] == "server_busy"
+        health = httpx.get(server.url + "/health")  # GET is never refused
+        assert health.status_code == 200 and health.json()["admission"] == {"active": 3, "max": 3, "refused": 1}
+        slow.close()  # its slot comes back: the next request meets the queue again, not the limit
+        wait_for(server, lambda h: h["admission"]["active"] == 2)
+        refused = post()
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "queue_full", refused.text
+        gated.gate.set()
+        assert [f.result().status_code for f in held] == [200, 200]
+        assert wait_for(server, lambda h: h["admission"]["active"] == 0)["admission"]["refused"] == 1

@@ -33,6 +33,7 @@ from ..errors import InputError
 from ..florence2.export import results_to_json
 from ..florence2.runner import TaskRequest
 from ..florence2.tasks import TASKS
+from .admission import Admission, Admitted
 from .batcher import BatcherClosed, QueueFull
 from .body_limit import BodyLimit
 from .chat_routes import add_chat_routes
@@ -122,6 +123,8 @@ def create_app(service: Florence2Service, settings: ServeSettings | None = None,
 
     app = FastAPI(title="florence-vl", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    admitted = Admitted(settings.active_limit)
+    app.add_middleware(Admission, admitted=admitted)  # outermost: refuses before a body is read
     app.state.service = service
     app.state.chat = chat
     app.state.settings = settings
@@ -180,7 +183,8 @@ def create_app(service: Florence2Service, settings: ServeSettings | None = None,
 
         batcher = service.batcher
         answer = {"status": "ok", "models": [s.name for s in services], "auth": settings.api_key is not None,
-                  "queue": queue(batcher), "batching": batching(batcher), "chat": None}
+                  "queue": queue(batcher), "batching": batching(batcher), "chat": None,
+                  "admission": admitted.to_dict()}
         if chat is not None:
             answer["chat"] = {"model": chat.name, "queue": queue(chat.batcher), "batching": batching(chat.batcher),
                               "limits": chat.limits(), **chat.stats.to_dict()}

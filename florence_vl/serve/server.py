@@ -35,6 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="how long the first waiting request waits for others to batch with (default: 10)")
     p.add_argument("--max-queue", type=int, default=64,
                    help="waiting requests before the server answers 503 + Retry-After (default: 64)")
+    p.add_argument("--max-active", type=int, default=None, metavar="N",
+                   help="requests with a body in the server at once (read, decoded, queued, running, streamed); "
+                   "beyond it 503 + Retry-After before the body is read (default: 2 x (max-queue + batch-size))")
     p.add_argument("--max-body-mb", type=float, default=20.0, help="request body limit in MiB (default: 20)")
     p.add_argument("--max-image-pixels", type=int, default=16 * 1024 * 1024,
                    help="width x height limit of a request's image (default: 16777216)")
@@ -59,7 +62,7 @@ def settings_from_args(args):
             max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_image_pixels=args.max_image_pixels,
             max_prompt_chars=args.max_prompt_chars, max_new_tokens=args.max_new_tokens, max_beams=args.max_beams,
             default_beams=args.beams, max_batch_size=args.batch_size, batch_window_ms=args.batch_window_ms,
-            max_queue=args.max_queue, model_name=args.model_name or "florence-2",
+            max_queue=args.max_queue, max_active=args.max_active, model_name=args.model_name or "florence-2",
             max_prompt_tokens=args.max_prompt_tokens, chat_model_name=args.vl_model_name)
     except ValueError as error:
         raise InputError(str(error).replace("_", "-")) from None

@@ -20,6 +20,7 @@ class ServeSettings:
     max_batch_size: int = 8                   # 1 = one request at a time
     batch_window_ms: float = 10.0
     max_queue: int = 64                       # waiting requests; beyond it 503 + Retry-After
+    max_active: int | None = None             # requests with a body in the server at once (None: active_limit)
     model_name: str = "florence-2"
     chat_model_name: str = "florence-vl"
 
@@ -28,6 +29,13 @@ class ServeSettings:
                      "max_beams", "default_beams", "max_batch_size", "max_queue"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.max_active is not None and self.max_active < 1:
+            raise ValueError("max_active must be at least 1")
         if self.batch_window_ms < 0:
             raise ValueError("batch_window_ms must not be negative")
         object.__setattr__(self, "allow_dirs", tuple(Path(d).resolve() for d in self.allow_dirs))
+
+    @property
+    def active_limit(self) -> int:
+        """`max_active`, or room for both services' full queues and running batches."""
+        return self.max_active or 2 * (self.max_queue + self.max_batch_size)
