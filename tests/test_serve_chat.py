@@ -110,9 +110,14 @@ def test_multi_turn_history_is_the_models_history(client, vl):
     image = picture(seed=4)
     first = vl.chat(image, QUESTIONS[0], max_new_tokens=8)
     want = vl.chat(image, QUESTIONS[1], history=[(QUESTIONS[0], first)], max_new_tokens=16)
+    vl.feature_cache.clear()
+    hits = vl.feature_cache.hits
     reply = client.chat.completions.create(model="tiny-vl", max_tokens=16, messages=[
         user(QUESTIONS[0], image), {"role": "assistant", "content": first}, {"role": "user", "content": QUESTIONS[1]}])
-    assert reply.choices[0].message.content == want
+    assert reply.choices[0].message.content == want and vl.feature_cache.hits == hits  # computed once
+    again = client.chat.completions.create(model="tiny-vl", max_tokens=16, messages=[
+        user(QUESTIONS[0], image), {"role": "assistant", "content": first}, {"role": "user", "content": QUESTIONS[1]}])
+    assert again.choices[0].message.content == want and vl.feature_cache.hits == hits + 1  # the image's features reused
     with_system = client.chat.completions.create(model="tiny-vl", max_tokens=16, messages=[
         {"role": "system", "content": "Answer the question using a single word or phrase."}, user(QUESTIONS[1], image)])
     folded = vl.chat(image, "Answer the question using a single word or phrase.\n\n" + QUESTIONS[1],

@@ -141,7 +141,8 @@ class Gate:
         self.model = self
 
     def __getattr__(self, name):
-        target = self._vl if name in ("processor", "tokenizer", "source", "image_processor") else self._vl.model
+        target = self._vl if name in ("processor", "tokenizer", "source", "image_processor", "image_embeds") \
+            else self._vl.model
         return getattr(target, name)
 
     def generate(self, *args, **kwargs):

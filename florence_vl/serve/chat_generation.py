@@ -181,7 +181,7 @@ def generate_rows(vl, rows: Sequence[Row]) -> None:
     if live:
         inputs = pad_rows([r.ids for r in rows], processor.pad_id, side="left")
         images = [r.image for r in rows if r.images]
-        pixels = processor.pixel_values(images) if images else None
+        embeds = vl.image_embeds(images) if images else None  # FlorenceVL's feature cache: a follow-up skips vision
         options = dict(max_new_tokens=max(r.max_tokens for r in live), num_beams=1, pad_token_id=processor.pad_id,
                        eos_token_id=stop_ids, stopping_criteria=StoppingCriteriaList([driver]))
         if any(r.logit_bias for r in rows):
@@ -190,6 +190,6 @@ def generate_rows(vl, rows: Sequence[Row]) -> None:
             options.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
         else:
             options.update(do_sample=False)
-        vl.model.generate(**inputs, pixel_values=pixels, **options)
+        vl.model.generate(**inputs, image_embeds=embeds, **options)
     for row in rows:  # generate ran out of steps (a limit it has of its own)
         row.finish("length")
