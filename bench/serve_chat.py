@@ -3,9 +3,12 @@
 Starts the real server twice as a subprocess on 127.0.0.1 (a free port), with a Florence-VL chat model:
 once with dynamic batching (--batch-size 8 --batch-window-ms 10), once one at a time (--batch-size 1
 --batch-window-ms 0). Each time N concurrent clients (asyncio + httpx) send POST /v1/chat/completions back
-to back for T seconds after a warm-up: an image (8 different ones) and a question, greedy, max_tokens M;
+to back for T seconds after a warm-up: an image and a question, greedy, max_tokens M;
 half of the clients stream (SSE, read to [DONE]), half do not. Every request generates exactly M tokens
-(logit_bias bans the end tokens), so both modes do the same work. Printed per mode: requests, failures,
+(logit_bias bans the end tokens), so both modes do the same work. The images are 1,024 distinct pictures
+used in turn, more than FlorenceVL's feature cache holds (32), so every request pays its vision tower, as
+with new images from real users (--repeat-images 8: eight images over and over, the cache's best case).
+Printed per mode: requests, failures,
 throughput (requests/s and tokens/s), p50/p99 latency, p50 time to first token of the streams, the mean
 batch the server formed; then the throughput ratio batched / one-at-a-time.
 
@@ -33,12 +36,31 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_batching import free_port, images, wait_ready  # noqa: E402
+from serve_batching import free_port, wait_ready  # noqa: E402
 
 MODES = {"batched": ["--batch-size", "8", "--batch-window-ms", "10"],
          "one-at-a-time": ["--batch-size", "1", "--batch-window-ms", "0"]}
 QUESTIONS = ["How many shapes are there?", "What color is the circle?", "Describe the image in detail.",
              "Is there a red circle?"]
+
+
+def distinct_images(n: int) -> list[str]:
+    """n different 160x120 PNG pictures (shapes placed and coloured by the index) as data: URLs."""
+    import base64
+    import io
+
+    from PIL import Image, ImageDraw
+
+    out = []
+    for i in range(n):
+        image = Image.new("RGB", (160, 120), (37 * i % 256, 140, 200))
+        draw = ImageDraw.Draw(image)
+        draw.ellipse([10 + i % 50, 10, 70 + i % 50, 70], fill=(220, 30 + i % 200, 30))
+        draw.rectangle([90, 30 + i % 40, 140, 100], fill=(20, 40, 200 - i % 150))
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        out.append("data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode())
+    return out
 
 
 def start_server(florence2: str, vl: str, mode: str, port: int, args) -> subprocess.Popen:
@@ -143,6 +165,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="measured seconds per mode (default: 60)")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--max-tokens", type=int, default=16, help="tokens each answer generates (default: 16)")
+    parser.add_argument("--repeat-images", type=int, default=1024,
+                        help="distinct images used in turn (default: 1024, beyond the feature cache)")
     parser.add_argument("--json", metavar="OUT", help="also write the numbers as JSON")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the server subprocess
@@ -153,7 +177,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         florence2 = str(make_tiny_checkpoint(Path(tmp) / "florence2", preset="tiny"))  # the task API, unused here
         vl = args.vl_model or str(make_tiny_vl_checkpoint(Path(tmp) / "vl", preset=args.preset))
-        bias, pictures = end_token_bias(vl), images(8)
+        bias, pictures = end_token_bias(vl), distinct_images(args.repeat_images)
         load_before = os.getloadavg()
         results = {}
         for mode in MODES:
@@ -178,7 +202,8 @@ def main() -> None:
                 print(f"{'':>16}first failure: {r['first_failure']}")
     ratio = results["batched"]["throughput"] / max(results["one-at-a-time"]["throughput"], 1e-9)
     print(f"serve_chat ({args.vl_model or 'random ' + args.preset}, {args.clients} clients, {args.seconds:g} s per "
-          f"mode, max_tokens {args.max_tokens}, load average before {load_before[0]:.2f}): "
+          f"mode, max_tokens {args.max_tokens}, {args.repeat_images} distinct images, load average before "
+          f"{load_before[0]:.2f}): "
           f"throughput ratio batched / one-at-a-time = {ratio:.2f}x")
     if args.json:
         Path(args.json).write_text(json.dumps({"settings": vars(args), "results": results, "ratio": ratio,
