@@ -75,8 +75,6 @@ def end_token_bias(vl_dir: str) -> dict[str, int]:
     """logit_bias banning the tokens that end an answer (EOS and the chat template's end marker)."""
     from transformers import AutoTokenizer
 
-    from florence_vl.vl.chat import FlorenceVL  # noqa: F401 - the same package the server runs
-
     tok = AutoTokenizer.from_pretrained(str(Path(vl_dir) / "llm"))
     ends = {tok.eos_token_id, tok.convert_tokens_to_ids("<|end|>"), tok.convert_tokens_to_ids("<|eot_id|>")}
     return {str(t): -100 for t in ends if isinstance(t, int) and t >= 0 and t != tok.unk_token_id}

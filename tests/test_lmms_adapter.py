@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
-from PIL import Image
 
 from florence_vl.eval.lmms_adapter import FlorenceVLLmms
 from test_serve_api import picture

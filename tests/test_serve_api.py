@@ -189,7 +189,7 @@ def test_api_key_is_enforced(server):
     assert httpx.post(server.url + "/v1/florence2/tasks", json=body, headers=auth(), timeout=60).status_code == 200
 
 
-def test_chat_is_not_there_yet_and_says_so(server):
+def test_chat_without_a_chat_model_says_so(server):
     import openai
 
     client = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0)
