@@ -89,7 +89,10 @@ def add_chat_routes(app: FastAPI, chat: ChatService | None, require_key) -> None
             usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(_stream(job, head, usage), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        result = await _watch_disconnect(request, job, job.result())
+        try:
+            result = await _watch_disconnect(request, job, job.result())
+        except BatcherClosed as error:  # the server stopped while this waited
+            raise ApiError(503, str(error), "shutting_down", {"Retry-After": "5"}) from None
         if result is None:
             return Response(status_code=499)  # nobody reads it
         return {**head, "object": "chat.completion", "system_fingerprint": None,
