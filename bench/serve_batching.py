@@ -59,7 +59,7 @@ def free_port() -> int:
 
 
 def start_server(model: str, mode: str, port: int, args) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "florence_vl.cli", "serve", "--model", model, "--port", str(port),
+    cmd = [sys.executable, "-m", "florence_vl.cli", "serve", "--model", model, "--vl-model", "none", "--port", str(port),
            "--beams", str(args.beams), "--max-new-tokens", str(args.max_new_tokens), "--max-queue", "256",
            "--log-level", "warning", *MODES[mode]]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
