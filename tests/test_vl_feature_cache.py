@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 from florence_vl.vl.feature_cache import FeatureCache, image_key
+from florence_vl.vl.model import IMAGE_TOKEN_INDEX
 from vl_tiny import tiny_vl
 
 
@@ -71,3 +72,37 @@ def test_lru_bound_and_content_keys():
     off = FeatureCache(0)
     off.put(keys[0], row)
     assert len(off) == 0 and off.get(keys[0]) is None
+
+
+@pytest.mark.parametrize("kind", ["llama", "phi3"])
+def test_prefix_cache_prefills_only_the_new_question(tiny_florence2, kind, monkeypatch):
+    vl = tiny_vl(tiny_florence2, kind)
+    lengths = []
+    llm = vl.model.llm
+    original = llm.forward
+
+    def forward(*args, **kwargs):
+        embeds = kwargs.get("inputs_embeds")
+        ids = kwargs.get("input_ids")
+        lengths.append((embeds if embeds is not None else ids).shape[1])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(llm, "forward", forward)
+    image = _picture()
+    questions = ["How many shapes are there?", "What color is the star?", "Describe the image in detail."]
+    cached = [vl.chat(image, q, max_new_tokens=8) for q in questions]
+    follow_up = vl.chat(image, "Is there a cross?", history=[(questions[0], cached[0])], max_new_tokens=6)
+    streamed = "".join(vl.chat(image, questions[1], max_new_tokens=8, stream=True))
+    image_tokens = vl.model.vision_tower.num_image_tokens
+    prompts = [vl.processor.prompt(q) for q in questions] + \
+        [vl.processor.prompt("Is there a cross?", [("<image>\n" + questions[0], cached[0])]),
+         vl.processor.prompt(questions[1])]
+    cut = prompts[0].index(IMAGE_TOKEN_INDEX) + 1
+    assert all(p[:cut] == prompts[0][:cut] for p in prompts)
+    # the prefix (text before the image + the image) is prefilled once; every question then only its own tokens
+    assert [n for n in lengths if n > 1] == [cut - 1 + image_tokens] + [len(p) - cut for p in prompts]
+    assert len(vl.prefix_cache) == 1 and vl.prefix_cache.hits == 4
+    vl.feature_cache, vl.prefix_cache = FeatureCache(0), FeatureCache(0)
+    assert [vl.chat(image, q, max_new_tokens=8) for q in questions] == cached
+    assert vl.chat(image, "Is there a cross?", history=[(questions[0], cached[0])], max_new_tokens=6) == follow_up
+    assert streamed == cached[1]

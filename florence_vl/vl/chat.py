@@ -7,11 +7,14 @@
     vl.answer(["a.png", "b.png"], ["What color is the star?", "Is there a cross?"])   # batched
 
 Image features are cached (`feature_cache`, an LRU of `feature_cache_size` images keyed by pixel content): a
-second question about the same picture runs the LLM only. Call `vl.feature_cache.clear()` after changing weights.
+second question about the same picture runs the LLM only. `chat` also keeps the LLM's KV cache of the prompt up to
+and including the image (`prefix_cache`, `prefix_cache_size` entries): a second question then prefills only its
+own tokens. Call `vl.clear_caches()` after changing weights.
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from threading import Thread
 from typing import Iterator, Sequence
@@ -22,15 +25,16 @@ from PIL import Image
 from ..errors import InputError
 from ..images import load_image
 from .feature_cache import FeatureCache, image_key
-from .model import pad_rows
+from .model import IMAGE_TOKEN_INDEX, pad_rows
 from .processor import VLProcessor
 
 
 class FlorenceVL:
     def __init__(self, model, tokenizer, image_processor, template: str | None = None, source: str = "", *,
-                 feature_cache_size: int = 32):
+                 feature_cache_size: int = 32, prefix_cache_size: int = 4):
         self.model = model.eval()
         self.feature_cache = FeatureCache(feature_cache_size)
+        self.prefix_cache = FeatureCache(prefix_cache_size)
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.source = source
@@ -42,14 +46,14 @@ class FlorenceVL:
     @classmethod
     def from_pretrained(cls, source: str | Path = "nano", *, dtype: torch.dtype | str | None = None,
                         template: str | None = None, allow_pickle: bool = False,
-                        feature_cache_size: int = 32) -> "FlorenceVL":
+                        feature_cache_size: int = 32, prefix_cache_size: int = 4) -> "FlorenceVL":
         """Our own checkpoint format or the published LLaVA layout; "nano" is the shipped Florence-VL-nano."""
         from ..models import resolve_model
         from .checkpoint import load_florence_vl
 
         bundle = load_florence_vl(resolve_model(source, "florence_vl"), dtype=dtype, allow_pickle=allow_pickle)
         return cls(bundle.model, bundle.tokenizer, bundle.image_processor, template, source=str(source),
-                   feature_cache_size=feature_cache_size)
+                   feature_cache_size=feature_cache_size, prefix_cache_size=prefix_cache_size)
 
     def save_pretrained(self, out_dir: str | Path, *, storage_dtype: torch.dtype | str | None = None) -> Path:
         """Our checkpoint format; storage_dtype="bfloat16" halves the bytes (loaded back in today's dtype)."""
@@ -65,10 +69,18 @@ class FlorenceVL:
         return dict(dict(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, pad_token_id=pad,
                          eos_token_id=self.processor.stop_token_ids()), **options)
 
-    @torch.no_grad()
+    def clear_caches(self) -> None:
+        """Forget cached image features and prompt prefixes (needed after the weights change)."""
+        self.feature_cache.clear()
+        self.prefix_cache.clear()
+
     def image_embeds(self, images: Sequence) -> torch.Tensor:
         """(images, tokens, llm_width): the fused features the LLM sees for each image, from the cache where
         the same picture was seen before; the others are computed as one batch and cached."""
+        return self._image_embeds(images)[0]
+
+    @torch.no_grad()
+    def _image_embeds(self, images: Sequence) -> tuple[torch.Tensor, list[str]]:
         pictures = [load_image(im) for im in images]
         salt = f"{self.processor.image_aspect_ratio}|{self.model.vision_tower.num_image_tokens}"
         keys = [image_key(p, salt) for p in pictures]
@@ -80,7 +92,25 @@ class FlorenceVL:
             for k, row in zip(missing, fresh):
                 found[k] = row
                 self.feature_cache.put(k, row)
-        return torch.stack([found[k] for k in keys])
+        return torch.stack([found[k] for k in keys]), keys
+
+    @torch.no_grad()
+    def _prefix(self, ids: list[int], image: str, embeds: torch.Tensor):
+        """A private copy of the LLM's KV cache for ids[: image marker + 1] (one row, no padding), computed once
+        per (image, prefix) and kept in `prefix_cache`; None where it does not apply."""
+        if not self.prefix_cache.max_items or IMAGE_TOKEN_INDEX not in ids:
+            return None
+        cut = ids.index(IMAGE_TOKEN_INDEX) + 1
+        if cut >= len(ids):
+            return None
+        key = (image, tuple(ids[:cut]))
+        cache = self.prefix_cache.get(key)
+        if cache is None:
+            inputs = self.model.splice(torch.tensor([ids[:cut]]), padding_side="left", image_embeds=embeds)
+            cache = self.model.llm(inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"],
+                                   position_ids=inputs["position_ids"], use_cache=True).past_key_values
+            self.prefix_cache.put(key, cache)
+        return copy.deepcopy(cache)
 
     def _decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True).strip()
@@ -121,9 +151,14 @@ class FlorenceVL:
             raise InputError("the question is empty")
         if history and "<image>" not in history[0][0]:
             history = [("<image>\n" + history[0][0], history[0][1])] + list(history[1:])
-        inputs = pad_rows([self.processor.prompt(question, history)], self.processor.pad_id, side="left")
-        embeds = self.image_embeds([image])
+        ids = self.processor.prompt(question, history)
+        inputs = pad_rows([ids], self.processor.pad_id, side="left")
+        embeds, keys = self._image_embeds([image])
         options = self._options(max_new_tokens, options)
+        if options.get("num_beams", 1) == 1 and "past_key_values" not in options:
+            past = self._prefix(ids, keys[0], embeds)
+            if past is not None:
+                options["past_key_values"] = past
         if not stream:
             return self._decode(self.model.generate(**inputs, image_embeds=embeds, **options)[0].tolist())
         return self._stream(inputs, embeds, options)

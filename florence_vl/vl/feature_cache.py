@@ -2,8 +2,9 @@
 same image skips Florence-2 (DaViT + three encoder prompts + projector), which is most of the time to first
 token. Keys hash the decoded pixels (mode, size, bytes) with BLAKE2b: the same picture read from another file
 or path hits, a changed pixel misses. Values are the (tokens, width) features exactly as the model computed
-them, so cached answers equal uncached ones (tested). The cache knows nothing about the weights: whoever
-changes them (training, loading others) must call `clear()`.
+them, so cached answers equal uncached ones (tested). The same LRU holds FlorenceVL's prefix caches (the LLM's
+KV cache of the prompt up to the image). The caches know nothing about the weights: whoever changes them
+(training, loading others) must clear them.
 """
 
 from __future__ import annotations
@@ -24,23 +25,24 @@ def image_key(image: Image.Image, salt: str = "") -> str:
 
 
 class FeatureCache:
-    """At most `max_images` feature tensors; the least recently used goes first. max_images=0 disables it."""
+    """At most `max_items` values; the least recently used goes first. max_items=0 disables it. Tensors are stored
+    as compact detached copies (a row of a batch would otherwise keep the whole batch alive)."""
 
-    def __init__(self, max_images: int = 32):
-        if max_images < 0:
-            raise ValueError("max_images must be >= 0")
-        self.max_images = int(max_images)
-        self._items: OrderedDict[str, torch.Tensor] = OrderedDict()
+    def __init__(self, max_items: int = 32):
+        if max_items < 0:
+            raise ValueError("max_items must be >= 0")
+        self.max_items = int(max_items)
+        self._items: OrderedDict = OrderedDict()
         self.hits = 0
         self.misses = 0
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def __contains__(self, key: str) -> bool:
+    def __contains__(self, key) -> bool:
         return key in self._items
 
-    def get(self, key: str) -> torch.Tensor | None:
+    def get(self, key):
         value = self._items.get(key)
         if value is None:
             self.misses += 1
@@ -49,13 +51,12 @@ class FeatureCache:
         self.hits += 1
         return value
 
-    def put(self, key: str, features: torch.Tensor) -> None:
-        if not self.max_images:
+    def put(self, key, value) -> None:
+        if not self.max_items:
             return
-        # A row of a batch would keep the whole batch alive: store a compact copy without autograd history.
-        self._items[key] = features.detach().clone()
+        self._items[key] = value.detach().clone() if isinstance(value, torch.Tensor) else value
         self._items.move_to_end(key)
-        while len(self._items) > self.max_images:
+        while len(self._items) > self.max_items:
             self._items.popitem(last=False)
 
     def clear(self) -> None:
@@ -63,4 +64,4 @@ class FeatureCache:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self._items.values())
+        return sum(t.numel() * t.element_size() for t in self._items.values() if isinstance(t, torch.Tensor))
