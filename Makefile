@@ -6,7 +6,7 @@ MODEL ?= nano
 TASK ?= OD
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install browser demo test bench bench-serve bench-chat nano nano-long ship-nano eval-nano clean
+.PHONY: install browser demo test bench bench-serve bench-chat nano nano-long ship-nano eval-nano vl-nano clean
 
 $(BIN)/florence-vl: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,8 @@ demo: install
 	@if [ "$(MODEL)" = "random-tiny" ]; then $(BIN)/python scripts/make_tiny_checkpoint.py out/random-tiny; fi
 	$(BIN)/florence-vl tasks out/sample.png --task $(TASK) \
 		--model $(if $(filter random-tiny,$(MODEL)),out/random-tiny,$(MODEL)) --draw out/sample-od.png
+	@if [ "$(MODEL)" = "nano" ]; then echo "florence-vl chat (Florence-VL-nano):"; \
+		$(BIN)/florence-vl chat out/sample.png "How many shapes are there?"; fi
 
 # The web page tests drive Debian's Chromium, headless; install it when missing (root + apt-get). Where it
 # cannot be installed those tests skip and say so.
@@ -49,9 +51,20 @@ nano-long: nano
 	$(BIN)/florence-vl train florence2 configs/florence2-nano.yaml --steps 2800
 	$(MAKE) eval-nano NANO_MODEL=runs/florence2-nano/model
 
+PARTS ?= unicl,florence2
 ship-nano: install
-	$(BIN)/python scripts/ship_nano.py
+	$(BIN)/python scripts/ship_nano.py --parts $(PARTS) --florence-vl $(VL_RUN)/stage2/model
 
+# Florence-VL-nano: training scenes, then the nano LLM's tokenizer + LM pretraining, stage 1, stage 2 (~45 min
+# on the 2-core CPU, docs/florence-vl.md), then the VQA / POPE evaluation; `make ship-nano PARTS=florence_vl`
+# copies it into models/nano/florence-vl (bf16 storage).
+vl-nano: install
+	$(BIN)/florence-vl world generate --split train --n 8000 --out data/vl-train
+	$(BIN)/florence-vl train vl configs/florence-vl-nano.yaml
+	$(BIN)/florence-vl world generate --split test --n 500 --out data/test
+	$(BIN)/florence-vl eval vl --data data/test --model $(VL_RUN)/stage2/model --out docs/results/florence-vl-nano-test.json
+
+VL_RUN ?= runs/florence-vl-nano
 NANO_MODEL ?= nano
 EVAL_LIMIT ?= 500
 eval-nano: install

@@ -1,10 +1,12 @@
 """Copy the trained nano lineage from runs/ into models/nano/, the shipped default models.
 
     python scripts/ship_nano.py [--unicl runs/unicl-nano/model] [--florence2 runs/florence2-nano/model]
+                                [--florence-vl runs/florence-vl-nano/stage2/model] [--parts florence_vl]
 
 UniCL-nano is stored in bf16 (half the bytes; it is loaded back as fp32, and its zero-shot scores move by
 < 0.01); Florence-2-nano stays fp32, because inference keeps the checkpoint's dtype and bf16 matmuls are
-~6x slower than fp32 on AVX2-only CPUs (docs/performance.md).
+~6x slower than fp32 on AVX2-only CPUs (docs/performance.md). Florence-VL-nano is stored in bf16 too and
+computes in fp32 (its florence_vl.json says so), which keeps the whole lineage near its size budget.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--unicl", default="runs/unicl-nano/model")
     parser.add_argument("--florence2", default="runs/florence2-nano/model")
-    parser.add_argument("--parts", default="unicl,florence2", help="which models to ship (default: both)")
+    parser.add_argument("--florence-vl", default="runs/florence-vl-nano/stage2/model")
+    parser.add_argument("--parts", default="unicl,florence2",
+                        help="comma-separated: unicl, florence2, florence_vl (default: unicl,florence2)")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     nano = ROOT / "models" / "nano"
@@ -46,6 +50,17 @@ def main() -> None:
                   metadata={"format": "pt", "model_type": "unicl", "stored_dtype": "bfloat16"})
     if "florence2" in parts:
         copy_dir(Path(args.florence2), nano / "florence2")
+    if "florence_vl" in parts:
+        from florence_vl.vl.chat import FlorenceVL
+
+        src = Path(args.florence_vl)
+        if not (src / "florence_vl.json").exists():
+            raise SystemExit(f"{src} is not a trained Florence-VL model directory (no florence_vl.json)")
+        tmp = nano / "florence-vl.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        FlorenceVL.from_pretrained(src).save_pretrained(tmp, storage_dtype="bfloat16")
+        shutil.rmtree(nano / "florence-vl", ignore_errors=True)
+        tmp.rename(nano / "florence-vl")
     total = sum(p.stat().st_size for p in nano.rglob("*") if p.is_file())
     print(f"shipped {nano}: {total / 2**20:.1f} MiB")
 
