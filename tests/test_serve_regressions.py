@@ -121,7 +121,9 @@ def test_past_max_active_a_request_is_refused_before_its_body_is_read(tiny_flore
         with socket.create_connection((server.host, server.port), timeout=5) as big:  # 5 MB announced, none sent
             started = time.monotonic()
             big.sendall(b"POST /v1/florence2/tasks HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n\r\n")
-            answer = big.recv(65536)
+            answer = b""
+            while chunk := big.recv(65536):  # the server closes after its answer
+                answer += chunk
             assert time.monotonic() - started < 3  # answered without waiting for the body
         head, _, body = answer.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in head.lower(), answer
@@ -135,3 +137,29 @@ def test_past_max_active_a_request_is_refused_before_its_body_is_read(tiny_flore
         gated.gate.set()
         assert [f.result().status_code for f in held] == [200, 200]
         assert wait_for(server, lambda h: h["admission"]["active"] == 0)["admission"]["refused"] == 1
+
+
+# 5. (fuzzing) A chat temperature that is positive but tiny (5e-324, 1e-300) divided the logits into inf/nan:
+#    generate raised "probability tensor contains either inf, nan" and the request was a 500. Such a
+#    temperature is greedy in effect; it is now run as greedy.
+def test_a_tiny_positive_temperature_is_greedy_not_a_500(tiny_florence2):
+    from starlette.testclient import TestClient
+
+    app = build_app(tiny_florence2, ServeSettings(max_new_tokens=8, chat_model_name="vl"), tiny_vl(tiny_florence2))
+    ask = {"messages": [{"role": "user", "content": [{"type": "text", "text": "What is this?"},
+                                                     {"type": "image_url", "image_url": {"url": data_url(picture())}}]}],
+           "max_tokens": 6}
+    with TestClient(app, raise_server_exceptions=False) as client:
+        greedy = client.post("/v1/chat/completions", json={**ask, "temperature": 0}).json()
+        for temperature in (5e-324, 1e-300, 1e-40, 1e-6):
+            for stream in (False, True):
+                response = client.post("/v1/chat/completions", json={**ask, "temperature": temperature,
+                                                                     "stream": stream})
+                assert response.status_code == 200, (temperature, response.text)
+                if not stream:
+                    assert response.json()["choices"][0]["message"]["content"] == \
+                        greedy["choices"][0]["message"]["content"]
+                else:
+                    assert '"internal_error"' not in response.text and response.text.rstrip().endswith("[DONE]")
+        sampled = client.post("/v1/chat/completions", json={**ask, "temperature": 0.7})
+        assert sampled.status_code == 200  # an ordinary temperature still samples

@@ -25,6 +25,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria,
 
 from ..vl.model import IMAGE_TOKEN_INDEX, pad_rows
 
+GREEDY_BELOW = 1e-5
 _UNSETTLED_END = re.compile(r"[\s\ufffd]+$")  # trailing whitespace, half-decoded characters
 
 
@@ -38,8 +39,10 @@ class Sampling:
 
     @classmethod
     def of(cls, temperature: float | None, top_p: float | None) -> "Sampling":
-        """OpenAI's knobs -> ours: temperature 0 (or none given: the model's default) is greedy."""
-        if not temperature:
+        """OpenAI's knobs -> ours: temperature 0 (or none given: the model's default) is greedy, and so is a
+        temperature below GREEDY_BELOW: sampling at it is greedy in effect, and dividing the logits by it
+        overflows to inf/nan (5e-324 made generate raise)."""
+        if not temperature or temperature < GREEDY_BELOW:
             return cls()
         return cls(True, float(temperature), float(top_p if top_p is not None else 1.0))
 
