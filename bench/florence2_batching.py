@@ -16,8 +16,11 @@ this process (and, for comparison, the figures in /work/shared/DESIGN.md: 100 fp
     .venv/bin/python bench/florence2_batching.py --quick    # 384 px inputs, fewer images/tokens, ~1.5 min
     .venv/bin/python bench/florence2_batching.py --dtype bf16 --images 8
 
-Why bf16 defaults to 2 images: this machine's CPU (AMD EPYC, AVX2, no AVX512-BF16) multiplies bf16 at
-~20 GFLOP/s, five times slower than fp32, so 8 images at 768 px cost ~9 minutes in bf16.
+It is one module of the suite (`python bench/run.py florence2_batching`); its shared helpers (matmul peak,
+CPU share of other processes, peak RSS) live in bench/common.py.
+
+Why bf16 defaults to 2 images: written on an AVX2-only CPU where bf16 was ~6x slower than fp32. On the AVX512-BF16
+Xeon the suite now runs on, bf16 matmuls still reach only about half the fp32 rate (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import Florence2ForConditionalGeneration
 from transformers.utils import logging as hf_logging
 
+from common import busy_cpu_seconds, matmul_peak, reset_peak_rss, rss_mb
 from florence_vl.florence2.geometry import florence2_config, image_processor
 from florence_vl.florence2.runner import Florence2, TaskRequest
 from florence_vl.florence2.special_tokens import train_bart_tokenizer
@@ -92,19 +96,6 @@ def suppressed_ids(florence: Florence2) -> list[int]:
     return sorted(special | {florence.image_token_id} | set(range(len(tok), vocab)))
 
 
-def measure_peak(dtype: torch.dtype, n: int = 2048, reps: int = 3) -> float:
-    """GFLOP/s of an n x n x n matmul in nn.Linear's layout (x @ W.T), best of `reps`: the practical
-    ceiling for this machine and dtype. (In bf16 the other layout, x @ W, runs ~60x slower on this CPU.)"""
-    a, w = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    torch.nn.functional.linear(a, w)
-    best = float("inf")
-    for _ in range(reps):
-        start = time.perf_counter()
-        torch.nn.functional.linear(a, w)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
-
-
 @contextmanager
 def stage_timer(model):
     """Wall time spent in the vision tower (+ projector) and the text encoder; the rest is decoding."""
@@ -134,26 +125,17 @@ def malloc_setting() -> str:
     return " ".join(tuned) or "glibc defaults"
 
 
-def _busy_cpu_seconds() -> float | None:
-    """CPU seconds all processes on this machine have used (Linux /proc/stat), None elsewhere."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # minus idle and iowait
-
-
 def timed_run(florence: Florence2, requests, batch_size: int, **options) -> tuple[float, list, dict]:
     """Seconds, results and a breakdown: stage seconds, and `others`, the share of this machine's CPU
     that other processes took meanwhile (timings are only trustworthy when it is near 0)."""
-    busy0, own0 = _busy_cpu_seconds(), time.process_time()
+    reset_peak_rss()
+    busy0, own0 = busy_cpu_seconds(), time.process_time()
     with stage_timer(florence.model) as stages:
         start = time.perf_counter()
         results = florence.run_requests(requests, batch_size=batch_size, **options)
         seconds = time.perf_counter() - start
-    busy1, own1 = _busy_cpu_seconds(), time.process_time()
-    stages = dict(stages, decode=seconds - stages["vision"] - stages["encoder"])
+    busy1, own1 = busy_cpu_seconds(), time.process_time()
+    stages = dict(stages, decode=seconds - stages["vision"] - stages["encoder"], peak_rss_mb=rss_mb())
     if busy0 is not None:
         others = max(0.0, (busy1 - busy0) - (own1 - own0)) / (seconds * (os.cpu_count() or 1))
         stages["others"] = min(1.0, others)
@@ -220,7 +202,7 @@ def run(quick: bool = False, dtypes: tuple[str, ...] = ("fp32", "bf16"), images:
         ref_s, ref_out, ref_stages = timed_run(florence, requests, 1, **options)
         identical = [a.text for a in ours_out] == [b.text for b in ref_out]
         same = sum(a.text == b.text for a, b in zip(ours_out, ref_out))
-        peak = measure_peak(dtype)
+        peak = matmul_peak(dtype)
         gflops = flops / ours_s / 1e9
         row = {
             "name": f"florence2_batching_{dtype_name}", "ours": n / ours_s, "reference": n / ref_s,
@@ -230,7 +212,8 @@ def run(quick: bool = False, dtypes: tuple[str, ...] = ("fp32", "bf16"), images:
             "max_new_tokens": new_tokens, "num_beams": num_beams, "prompt_tokens": lengths,
             "outputs_identical": identical, "outputs_same": same, "ours_s": ours_s, "reference_s": ref_s,
             "ours_stages_s": ours_stages, "reference_stages_s": ref_stages, "flops_by_part": parts,
-            "build_s": info["model_s"],
+            "build_s": info["model_s"], "peak_rss_mb": max(ours_stages["peak_rss_mb"], ref_stages["peak_rss_mb"]),
+            "others": max(ours_stages.get("others", 0.0), ref_stages.get("others", 0.0)),
         }
         rows.append(row)
         say(f"{row['name']}: ours {_fmt(row['ours'])} img/s, reference {_fmt(row['reference'])} img/s, "
@@ -241,8 +224,8 @@ def run(quick: bool = False, dtypes: tuple[str, ...] = ("fp32", "bf16"), images:
             f"({row['design_peak_fraction']:.0%} of DESIGN.md's {DESIGN_PEAK[dtype_name]:.0f})")
         for label, secs, stages in [("ours", ours_s, ours_stages), ("reference", ref_s, ref_stages)]:
             split = ", ".join(f"{k} {stages[k]:.2f}" for k in ("vision", "encoder", "decode"))
-            say(f"  {label:9s} {secs:7.2f} s ({split}); other processes took "
-                f"{stages.get('others', float('nan')):.0%} of the CPUs meanwhile")
+            say(f"  {label:9s} {secs:7.2f} s ({split}); peak RSS {stages['peak_rss_mb']:.0f} MiB; other processes "
+                f"took {stages.get('others', float('nan')):.0%} of the CPUs meanwhile")
         busiest = max(ours_stages.get("others", 0.0), ref_stages.get("others", 0.0))
         if busiest > 0.1:
             say(f"  WARNING: other processes took up to {busiest:.0%} of the CPUs: these timings are not clean")

@@ -1,0 +1,89 @@
+"""DaViT forward (vision tower + projector = Florence2Model.get_image_features) at Florence-2-base geometry.
+
+Reference: transformers' module as it comes (eager, fp32, SDPA attention). Ours: the vision path of
+`florence_vl.florence2.speed.fast_florence2` (dtype, channels-last convs, optionally torch.compile). Every variant
+below is timed in this one process, best of `repeats`, one image (768 px, --quick 384 px), and its GFLOP/s is
+given against both matmul peaks measured here (fp32 and bf16, nn.Linear layout 2048^3).
+
+Variants (details lines): eager fp32 / bf16 / fp16, channels-last, compiled (first call = compile time, with
+whatever inductor cache the machine has; TORCHINDUCTOR_CACHE_DIR=/fresh/dir for a cold one).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from common import best_of, matmul_peak, others_note
+from florence2_batching import build
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def variant(model, dtype: torch.dtype, *, channels_last: bool = False, compile: bool = False):
+    """(callable pixels -> features, seconds to prepare) on a converted copy of `model`."""
+    from florence_vl.florence2 import speed
+
+    start = time.perf_counter()
+    m = copy.deepcopy(model).to(dtype)
+    if channels_last:
+        speed.channels_last(m)
+    if compile:
+        speed.compile_vision(m)
+    get = m.model.get_image_features
+    return (lambda px: get(px.to(dtype)).pooler_output), time.perf_counter() - start
+
+
+def run(quick: bool = False, repeats: int = 3, variants: str | None = None, verbose: bool = True) -> list[dict]:
+    from florence_vl.florence2.speed import fast_florence2
+
+    say = print if verbose else (lambda *a, **k: None)
+    size = 384 if quick else 768
+    florence, _ = build(size)
+    model = florence.model
+    pixels = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        want = model.model.get_image_features(pixels).pooler_output
+    flops = counter.get_total_flops()
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    say(f"  {size} px, 1 image: {flops / 1e9:.1f} GFLOP; matmul peaks measured now: fp32 {peaks['fp32']:.0f}, "
+        f"bf16 {peaks['bf16']:.0f} GFLOP/s")
+    fast, how = fast_florence2(florence)
+    chosen = [("ours: " + how, lambda px: fast.image_features(px.to(fast.dtype)), 0.0)]
+    table = variants.split(",") if variants else (["eager_bf16", "cl_fp32", "cl_bf16"] if quick else
+                                                  ["eager_bf16", "eager_fp16", "cl_fp32", "cl_bf16", "compile_fp32",
+                                                   "compile_bf16"])
+    results = {}
+    with torch.inference_mode():
+        candidates = [("reference: eager fp32", lambda px: model.model.get_image_features(px).pooler_output, 0.0)]
+        candidates += chosen
+        for name in table:
+            kind, dt = name.split("_")
+            fn, prep = variant(model, DTYPES[dt], channels_last=kind in ("cl", "compile"), compile=kind == "compile")
+            candidates.append((name, fn, prep))
+        for name, fn, prep in candidates:
+            start = time.perf_counter()
+            got = fn(pixels)  # first call: warm-up, or the compilation
+            first = time.perf_counter() - start
+            timing, got = best_of(lambda: fn(pixels), repeats)
+            err = ((got.float() - want).abs().max() / want.abs().max()).item()
+            gflops = flops / timing.seconds / 1e9
+            results[name] = (timing, err, first + prep)
+            say(f"  {name:42s} {timing.seconds:7.3f} s  {gflops:6.1f} GFLOP/s = {gflops / peaks['fp32']:4.0%} of fp32 / "
+                f"{gflops / peaks['bf16']:4.0%} of bf16 peak; first call {first + prep:6.1f} s; max rel diff "
+                f"{err:.1e}; {others_note(timing)}")
+    ref, ours = results["reference: eager fp32"][0], results[chosen[0][0]][0]
+    gflops = flops / ours.seconds / 1e9
+    return [{"name": "davit" + ("_384" if quick else ""), "ours": 1 / ours.seconds, "reference": 1 / ref.seconds,
+             "unit": "img/s", "ratio": ref.seconds / ours.seconds, "flops": flops, "gflops_per_s": gflops,
+             "peak_fraction": gflops / peaks["bf16"], "peak_name": "bf16 matmul", "peak_gflops_per_s": peaks["bf16"],
+             "fp32_peak_fraction": gflops / peaks["fp32"], "fp32_peak_gflops_per_s": peaks["fp32"],
+             "ours_is": how, "reference_is": "transformers eager fp32", "image_size": size,
+             "variants": {k: {"seconds": t.seconds, "max_rel_diff": e, "first_call_s": f, "others": t.others}
+                          for k, (t, e, f) in results.items()},
+             "peak_rss_mb": max(t.peak_rss_mb for t, _, _ in results.values()),
+             "others": max(ref.others, ours.others)}]
