@@ -8,7 +8,7 @@ Content-Length, dot segments, bad request lines). Both model endpoints are fuzze
 vl_tiny.py over it), whole and streamed. What is generated, and the contract every answer keeps, is in
 tests/serve_fuzzing.py. Requests per test: schema bodies 1,000, image sources 500, endpoints x methods 500,
 raw bodies 250, concurrent 72, real uvicorn 160 + 25 raw sockets: 2,507 in all. Bugs it found are pinned in
-tests/test_serve_found_by_fuzzing.py.
+tests/test_serve_regressions.py.
 """
 
 from __future__ import annotations
