@@ -126,6 +126,12 @@ def server_process(model: str, vl_model: str | None, args, log=print):
             server.wait()
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds the process has used (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -267,7 +273,7 @@ class Sampler:
         self.t0 = time.monotonic()
 
     async def run(self, stop: asyncio.Event):
-        async with httpx.AsyncClient(timeout=10) as http:
+        async with httpx.AsyncClient(timeout=30) as http:  # a failure: /health unanswered for 30 s
             while not stop.is_set():
                 started = time.monotonic()
                 sample = {"t": round(started - self.t0, 2), "rss_mb": round(rss_mb(self.pid), 1)}
@@ -398,7 +404,13 @@ async def _phases(url: str, pid: int, mix: Mix, chat: bool, args, log) -> dict:
     stop = asyncio.Event()
     sampling = asyncio.create_task(sampler.run(stop))
     rss_start = rss_mb(pid)
+    cpu_start, own_start, wall_start, load_start = cpu_s(pid), time.process_time(), time.monotonic(), os.getloadavg()[0]
     outcomes, loop_info, load_end = await open_loop(url, mix, rate, args.seconds, args.max_inflight, args.drain_seconds)
+    wall = time.monotonic() - wall_start
+    machine = {"cpus": os.cpu_count(), "loadavg_1min_before": round(load_start, 2),
+               "loadavg_1min_after": round(os.getloadavg()[0], 2),
+               "server_cores": round((cpu_s(pid) - cpu_start) / wall, 2),  # CPU the server got during load + drain
+               "bench_cores": round((time.process_time() - own_start) / wall, 2)}
     recovery = await recover(url, mix, load_end, chat)
     await asyncio.sleep(0.6)  # one more sample, after the load
     stop.set()
@@ -429,7 +441,7 @@ async def _phases(url: str, pid: int, mix: Mix, chat: bool, args, log) -> dict:
                          "growth": round(rss[-1] - rss_start, 1), "max_growth": round(max(rss) - rss_start, 1)},
               "rss_series": sampler.samples[:: max(1, len(sampler.samples) // 60)],
               "health": {"failures": sampler.health_failures, "slowest_s": round(sampler.slowest_health, 3)},
-              "recovery": recovery}
+              "recovery": recovery, "machine": machine}
     return result
 
 
@@ -449,6 +461,8 @@ def report(r: dict) -> str:
         f"server RSS {r['rss_mb']['start']} MB at the start of the load, max {r['rss_mb']['max']} MB, end "
         f"{r['rss_mb']['end']} MB (growth {r['rss_mb']['growth']} MB, max growth {r['rss_mb']['max_growth']} MB)",
         f"recovery: {json.dumps(r['recovery'])}",
+        f"machine: {json.dumps(r['machine'])}; client-side skips (in-flight bound {r['settings']['max_inflight']} "
+        f"reached): {r['loop']['skipped']}",
         f"by kind: {json.dumps(o['by_kind'])}; server counters: {json.dumps(r['server'])}"]
     if o["lost_examples"]:
         lines.append(f"first lost: {o['lost_examples'][0]}")
