@@ -273,7 +273,7 @@ class Sampler:
         self.t0 = time.monotonic()
 
     async def run(self, stop: asyncio.Event):
-        async with httpx.AsyncClient(timeout=30) as http:  # a failure: /health unanswered for 30 s
+        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(keepalive_expiry=KEEPALIVE_S)) as http:
             while not stop.is_set():
                 started = time.monotonic()
                 sample = {"t": round(started - self.t0, 2), "rss_mb": round(rss_mb(self.pid), 1)}
