@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import Florence2Processor
 
 from common import matmul_peak, others_note, timed
-from florence2_batching import build, make_requests, suppressed_ids
+from florence2_batching import build, make_requests, stage_timer, suppressed_ids
 from florence_vl.florence2.geometry import num_image_tokens
 from florence_vl.images import load_image
 
@@ -53,7 +53,7 @@ def run(quick: bool = False, images: int | None = None, num_beams: int | None = 
     size = 384 if quick else 768
     n = images or (4 if quick else 32)
     beams = num_beams or (1 if quick else 3)
-    batch = batch_size or (n if quick else 16)
+    batch = batch_size or (n if quick else 8)
     florence, info = build(size)
     reference_model = florence.model                       # fp32, eager: transformers as it comes
     ip = florence.image_processor
@@ -81,10 +81,12 @@ def run(quick: bool = False, images: int | None = None, num_beams: int | None = 
         with counter:
             reference_run(reference_model, processor, requests[:1], task, new_tokens, beams, suppress)
         flops_per_image = counter.get_total_flops()
-        with timed() as t_ours:
+        with timed() as t_ours, stage_timer(ours.model) as s_ours:
             got = ours.run_requests(requests, batch_size=batch, **options)
-        with timed() as t_ref:
+        with timed() as t_ref, stage_timer(reference_model) as s_ref:
             want = reference_run(reference_model, processor, requests, task, new_tokens, beams, suppress)
+        for stages, t in ((s_ours, t_ours), (s_ref, t_ref)):
+            stages["decode"] = t.seconds - stages["vision"] - stages["encoder"]
         same = sum(" ".join(a.text.split()) == b for a, b in zip(got, want))
         name = "florence2_tasks_" + task.strip("<>").lower()
         gflops = flops_per_image * n / t_ours.seconds / 1e9
@@ -95,9 +97,13 @@ def run(quick: bool = False, images: int | None = None, num_beams: int | None = 
                "max_new_tokens": new_tokens, "batch_size": batch, "ours_is": how, "outputs_equal": same,
                "ours_s": t_ours.seconds, "reference_s": t_ref.seconds,
                "peak_rss_mb": max(t_ours.peak_rss_mb, t_ref.peak_rss_mb), "ours_peak_rss_mb": t_ours.peak_rss_mb,
-               "reference_peak_rss_mb": t_ref.peak_rss_mb, "others": max(t_ours.others, t_ref.others)}
+               "reference_peak_rss_mb": t_ref.peak_rss_mb, "others": max(t_ours.others, t_ref.others),
+               "ours_stages_s": s_ours, "reference_stages_s": s_ref}
         rows.append(row)
         say(f"  {task}: ours {t_ours.seconds:.1f} s, reference {t_ref.seconds:.1f} s; {same}/{n} texts equal; "
             f"peak RSS ours {t_ours.peak_rss_mb:.0f} / reference {t_ref.peak_rss_mb:.0f} MiB; "
             f"{others_note(t_ours, t_ref)}")
+        say("    seconds (vision / encoder / decode + rest): ours " + " / ".join(f"{s_ours[k]:.1f}" for k in
+            ("vision", "encoder", "decode")) + ", reference " + " / ".join(f"{s_ref[k]:.1f}" for k in
+                                                                        ("vision", "encoder", "decode")))
     return rows

@@ -63,3 +63,21 @@ def test_channels_last_is_idempotent():
     channels_last(conv)
     channels_last(conv)
     assert torch.equal(conv[0].weight, before)
+
+
+def test_beam_search_without_cross_cache_copies_equals_plain_generate(tiny_florence2):
+    """The runner's beam-search cache (no cross-attention re-ordering) gives transformers' own sequences and scores."""
+    from transformers import DynamicCache
+
+    from florence_vl.florence2.runner import BeamSharedCrossCache
+
+    prepared = [tiny_florence2._prepare(i, r) for i, r in enumerate(REQUESTS[:3])]
+    inputs = tiny_florence2.encode(prepared)
+    config = tiny_florence2.generation_config(3, 12, output_scores=True, return_dict_in_generate=True)
+    with torch.inference_mode():
+        plain = tiny_florence2.model.generate(**inputs, generation_config=config)
+        ours = tiny_florence2.model.generate(**inputs, generation_config=config,
+                                             past_key_values=BeamSharedCrossCache(DynamicCache(), DynamicCache()))
+    assert torch.equal(plain.sequences, ours.sequences)
+    torch.testing.assert_close(plain.sequences_scores, ours.sequences_scores)
+    assert len({tuple(r) for r in plain.sequences.tolist()}) > 1
