@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hmac
 import io
@@ -19,7 +18,6 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 from importlib.resources import files
-from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -37,6 +35,7 @@ from .admission import Admission, Admitted
 from .batcher import BatcherClosed, QueueFull
 from .body_limit import BodyLimit
 from .chat_routes import add_chat_routes
+from .disconnect import ClientGone, until_disconnect
 from .errors import ApiError, error_body
 from .florence2_service import Florence2Service, GenerationOptions
 from .image_source import decode_image_source
@@ -57,29 +56,6 @@ class TaskBody(BaseModel):
     max_new_tokens: int | None = Field(None, ge=1)
     draw: bool = Field(False, description="also return the drawn result as a PNG data: URL")
     model: str | None = None
-
-
-class _ClientGone(Exception):
-    pass
-
-
-async def _until_disconnect(request: Request, work) -> Any:
-    """Await `work`; if the client disconnects first, cancel it (its queue slot is freed) and raise _ClientGone."""
-    task = asyncio.ensure_future(work)
-
-    async def disconnected():
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    watcher = asyncio.ensure_future(disconnected())
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-    if not task.done():
-        task.cancel()
-        raise _ClientGone
-    return task.result()
 
 
 def _png_data_url(image, result) -> str:
@@ -236,7 +212,7 @@ def create_app(service: Florence2Service, settings: ServeSettings | None = None,
         try:
             service.batcher.refuse_if_full()  # before the image is decoded: a full server refuses at once
             task_request = await run_in_threadpool(prepare)
-            result = await _until_disconnect(request, service.run(task_request,
+            result = await until_disconnect(request, service.run(task_request,
                                                                   GenerationOptions(num_beams, max_new_tokens)))
         except InputError as error:
             raise ApiError(400, _api_wording(str(error)), "invalid_task_input") from None
@@ -244,7 +220,7 @@ def create_app(service: Florence2Service, settings: ServeSettings | None = None,
             raise ApiError(503, str(error), "queue_full", {"Retry-After": str(error.retry_after)}) from None
         except BatcherClosed as error:
             raise ApiError(503, str(error), "shutting_down", {"Retry-After": "5"}) from None
-        except _ClientGone:
+        except ClientGone:
             return Response(status_code=499)  # nobody reads it
         [record] = results_to_json([result])
         record.pop("image", None)

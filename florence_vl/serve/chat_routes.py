@@ -25,6 +25,7 @@ from .batcher import BatcherClosed, QueueFull
 from .chat_generation import Sampling
 from .chat_request import parse_body, parse_messages
 from .chat_service import ChatJob, ChatService
+from .disconnect import ClientGone, until_disconnect
 from .errors import ApiError, error_body
 
 log = logging.getLogger("florence_vl.serve")
@@ -41,22 +42,11 @@ def _sse(data: dict | str) -> str:
 
 async def _watch_disconnect(request: Request, job: ChatJob, work):
     """Await `work`; if the client goes first, cancel the job and return None."""
-    task = asyncio.ensure_future(work)
-
-    async def gone():
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    watcher = asyncio.ensure_future(gone())
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-    if not task.done():
-        task.cancel()
+        return await until_disconnect(request, work)
+    except ClientGone:
         job.cancel()
         return None
-    return task.result()
 
 
 def add_chat_routes(app: FastAPI, chat: ChatService | None, require_key) -> None:
