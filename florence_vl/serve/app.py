@@ -98,7 +98,7 @@ def create_app(service: Florence2Service, settings: ServeSettings | None = None,
                 await s.stop()
 
     app = FastAPI(title="florence-vl", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
     admitted = Admitted(settings.active_limit)
     app.add_middleware(Admission, admitted=admitted)  # outermost: refuses before a body is read
     app.state.service = service
@@ -176,7 +176,8 @@ def create_app(service: Florence2Service, settings: ServeSettings | None = None,
                                             "description": t.description} for t in TASKS.values()],
                 "limits": {"max_prompt_chars": settings.max_prompt_chars, "max_new_tokens": settings.max_new_tokens,
                            "max_beams": settings.max_beams, "default_beams": settings.default_beams,
-                           "max_image_pixels": settings.max_image_pixels, "max_body_bytes": settings.max_body_bytes}}
+                           "max_image_pixels": settings.max_image_pixels, "max_body_bytes": settings.max_body_bytes,
+                           "body_timeout_s": settings.body_timeout_s}}
 
     task_schema = {"requestBody": {"content": {"application/json": {"schema": TaskBody.model_json_schema()}}}}
 

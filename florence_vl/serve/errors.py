@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-          404: "not_found_error", 405: "invalid_request_error", 413: "request_too_large",
+          404: "not_found_error", 405: "invalid_request_error", 408: "timeout_error", 413: "request_too_large",
           429: "rate_limit_error", 501: "not_implemented", 503: "server_busy"}
 
 

@@ -39,6 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="requests with a body in the server at once (read, decoded, queued, running, streamed); "
                    "beyond it 503 + Retry-After before the body is read (default: 2 x (max-queue + batch-size))")
     p.add_argument("--max-body-mb", type=float, default=20.0, help="request body limit in MiB (default: 20)")
+    p.add_argument("--body-timeout", type=float, default=30.0, metavar="S",
+                   help="a request's whole body must arrive within S seconds of its headers, else 408 and the "
+                   "connection is closed (slow or stalled uploads; default: 30)")
     p.add_argument("--max-image-pixels", type=int, default=16 * 1024 * 1024,
                    help="width x height limit of a request's image (default: 16777216)")
     p.add_argument("--max-prompt-chars", type=int, default=1000, help="limit on a task's text (default: 1000)")
@@ -59,7 +62,8 @@ def settings_from_args(args):
     try:
         return ServeSettings(
             api_key=args.api_key or None, allow_dirs=tuple(args.allow_dir),
-            max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_image_pixels=args.max_image_pixels,
+            max_body_bytes=int(args.max_body_mb * 1024 * 1024), body_timeout_s=args.body_timeout,
+            max_image_pixels=args.max_image_pixels,
             max_prompt_chars=args.max_prompt_chars, max_new_tokens=args.max_new_tokens, max_beams=args.max_beams,
             default_beams=args.beams, max_batch_size=args.batch_size, batch_window_ms=args.batch_window_ms,
             max_queue=args.max_queue, max_active=args.max_active, model_name=args.model_name or "florence-2",
