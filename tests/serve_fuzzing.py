@@ -180,19 +180,15 @@ def from_schema(schema: dict, components: dict, overrides: dict, depth: int = 0)
     return JUNK  # no schema: anything
 
 
-def request_schemas(app, fallback: dict | None = None) -> tuple[dict[tuple[str, str], dict], dict]:
+def request_schemas(app) -> tuple[dict[tuple[str, str], dict], dict]:
     """{(METHOD, path): JSON schema of its request body} for every operation of `app.openapi()` that declares
-    one, and the schema components its refs point to. `fallback` gives the schema (a pydantic model's
-    `model_json_schema()`) of an operation whose route reads the raw body and so declares none."""
+    one, and the schema components its refs point to."""
     spec = app.openapi()
     out, components = {}, dict(spec.get("components", {}).get("schemas", {}))
     for path, operations in spec.get("paths", {}).items():
         for method, operation in operations.items():
             content = operation.get("requestBody", {}).get("content", {})
             schema = content.get("application/json", {}).get("schema")
-            if schema is None and (fallback or {}).get((method.upper(), path)) is not None:
-                schema = dict(fallback[(method.upper(), path)])
-                components.update(schema.pop("$defs", {}))
             if schema is not None:
                 out[(method.upper(), path)] = schema
     return out, components

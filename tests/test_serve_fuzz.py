@@ -184,9 +184,12 @@ def schema_ops(app, tree, remote):
     """(METHOD, path) -> a strategy for its bodies: half straight from the schema with hostile field values,
     half a body the model will run (which `mutated` may still break), so both the refusals and the
     paths past them are exercised."""
-    # The chat route reads its raw body (to answer its own errors), so its schema is its pydantic model's.
-    schemas, components = request_schemas(app, {("POST", "/v1/chat/completions"): ChatBody.model_json_schema()})
+    # Both routes read their raw body (to answer their own errors) and declare its schema in OpenAPI.
+    schemas, components = request_schemas(app)
     assert {("POST", "/v1/florence2/tasks"), ("POST", "/v1/chat/completions")} <= set(schemas)
+    chat_schema = schemas[("POST", "/v1/chat/completions")]
+    assert set(chat_schema["properties"]) == set(ChatBody.model_json_schema()["properties"])
+    assert "$ref" not in json.dumps(chat_schema) and chat_schema["required"] == ["messages"]
     good = st.sampled_from([GOOD_URL, b64(png((9, 7))), "photo.png", "sub/deep.png", "file://ALLOWED/photo.png"]).map(
         lambda value: place(value, tree))
     images = st.one_of(image_sources(remote.port).map(lambda pair: place(pair[0], tree)), good)

@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from ..errors import InputError
 from .batcher import BatcherClosed, QueueFull
 from .chat_generation import Sampling
-from .chat_request import parse_body, parse_messages
+from .chat_request import ChatBody, parse_body, parse_messages
 from .chat_service import ChatJob, ChatService
 from .disconnect import ClientGone, until_disconnect
 from .errors import ApiError, error_body
@@ -49,8 +49,30 @@ async def _watch_disconnect(request: Request, job: ChatJob, work):
         return None
 
 
+def inline_refs(schema: dict) -> dict:
+    """A pydantic model's JSON schema with its `$defs` written in place of every `$ref` (self-contained, as an
+    operation's request schema in OpenAPI must be without components); the models here do not recurse."""
+    defs = schema.get("$defs", {})
+
+    def resolve(node):
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return resolve(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {k: resolve(v) for k, v in node.items() if k != "$defs"}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    return resolve(schema)
+
+
 def add_chat_routes(app: FastAPI, chat: ChatService | None, require_key) -> None:
-    @app.post("/v1/chat/completions", dependencies=[Depends(require_key)])
+    # The route reads its raw body (so that every mistake gets this API's own error), hence no body parameter:
+    # the schema is declared for OpenAPI (and schema-based fuzzing) from the model the body is parsed with.
+    schema = {"requestBody": {"required": True,
+                              "content": {"application/json": {"schema": inline_refs(ChatBody.model_json_schema())}}}}
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(require_key)], openapi_extra=schema)
     async def completions(request: Request):
         body = parse_body(await request.body())
         if chat is None:
