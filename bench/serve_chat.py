@@ -26,8 +26,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,39 +34,15 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_batching import free_port, wait_ready  # noqa: E402
+from serve_common import MODES, pictures, quantile, serve_subprocess, stop_on_sigterm, tiny_models  # noqa: E402
 
-MODES = {"batched": ["--batch-size", "8", "--batch-window-ms", "10"],
-         "one-at-a-time": ["--batch-size", "1", "--batch-window-ms", "0"]}
 QUESTIONS = ["How many shapes are there?", "What color is the circle?", "Describe the image in detail.",
              "Is there a red circle?"]
 
 
-def distinct_images(n: int) -> list[str]:
-    """n different 160x120 PNG pictures (shapes placed and coloured by the index) as data: URLs."""
-    import base64
-    import io
-
-    from PIL import Image, ImageDraw
-
-    out = []
-    for i in range(n):
-        image = Image.new("RGB", (160, 120), (37 * i % 256, 140, 200))
-        draw = ImageDraw.Draw(image)
-        draw.ellipse([10 + i % 50, 10, 70 + i % 50, 70], fill=(220, 30 + i % 200, 30))
-        draw.rectangle([90, 30 + i % 40, 140, 100], fill=(20, 40, 200 - i % 150))
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        out.append("data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode())
-    return out
-
-
-def start_server(florence2: str, vl: str, mode: str, port: int, args) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "florence_vl.cli", "serve", "--model", florence2, "--vl-model", vl,
-           "--port", str(port), "--beams", "1", "--max-new-tokens", str(max(args.max_tokens, 8)),
-           "--max-queue", "256", "--log-level", "warning", *MODES[mode]]
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def server_options(florence2: str, vl: str, mode: str, args) -> list[str]:
+    return ["--model", florence2, "--vl-model", vl, "--beams", "1", "--max-new-tokens", str(max(args.max_tokens, 8)),
+            "--max-queue", "256", *MODES[mode]]
 
 
 def end_token_bias(vl_dir: str) -> dict[str, int]:
@@ -108,7 +82,7 @@ async def one_request(http: httpx.AsyncClient, url: str, body: dict) -> tuple[bo
     return (done, "" if done else "stream ended without [DONE]", first, tokens)
 
 
-async def load(url: str, clients: int, seconds: float, warmup: float, pictures: list[str], bias: dict,
+async def load(url: str, clients: int, seconds: float, warmup: float, images: list[str], bias: dict,
                args) -> dict:
     latencies, first_tokens, failures, done, tokens = [], [], [], 0, 0
     stop_at = time.monotonic() + warmup + seconds
@@ -120,7 +94,7 @@ async def load(url: str, clients: int, seconds: float, warmup: float, pictures: 
         while time.monotonic() < stop_at:
             body = {"messages": [{"role": "user", "content": [
                         {"type": "text", "text": QUESTIONS[i % len(QUESTIONS)]},
-                        {"type": "image_url", "image_url": {"url": pictures[i % len(pictures)]}}]}],
+                        {"type": "image_url", "image_url": {"url": images[i % len(images)]}}]}],
                     "max_tokens": args.max_tokens, "temperature": 0, "logit_bias": bias, "stream": k % 2 == 1,
                     "stream_options": {"include_usage": True}}
             started = time.monotonic()
@@ -145,8 +119,7 @@ async def load(url: str, clients: int, seconds: float, warmup: float, pictures: 
         after = (await http.get(url + "/health")).json()["chat"]["batching"]
 
     def pick(values, q):
-        values = sorted(values)
-        return values[min(len(values) - 1, int(q * len(values)))] * 1000 if values else float("nan")
+        return quantile(values, q) * 1000
 
     batches = after["batches"] - before["batches"]
     return {"requests": done, "failed": len(failures), "first_failure": failures[0] if failures else None,
@@ -167,31 +140,19 @@ def main() -> None:
                         help="distinct images used in turn (default: 1024, beyond the feature cache)")
     parser.add_argument("--json", metavar="OUT", help="also write the numbers as JSON")
     args = parser.parse_args()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the server subprocess
-
-    from florence_vl.florence2.checkpoint import make_tiny_checkpoint
-    from florence_vl.vl.tiny_checkpoint import make_tiny_vl_checkpoint
+    stop_on_sigterm()
 
     with tempfile.TemporaryDirectory() as tmp:
-        florence2 = str(make_tiny_checkpoint(Path(tmp) / "florence2", preset="tiny"))  # the task API, unused here
-        vl = args.vl_model or str(make_tiny_vl_checkpoint(Path(tmp) / "vl", preset=args.preset))
-        bias, pictures = end_token_bias(vl), distinct_images(args.repeat_images)
+        if args.vl_model:
+            florence2, vl = tiny_models(Path(tmp))[0], args.vl_model  # (the task API's model, unused here)
+        else:
+            florence2, vl = tiny_models(Path(tmp), "tiny", args.preset)
+        bias, images = end_token_bias(vl), pictures(args.repeat_images)
         load_before = os.getloadavg()
         results = {}
         for mode in MODES:
-            port = free_port()
-            server = start_server(florence2, vl, mode, port, args)
-            try:
-                url = f"http://127.0.0.1:{port}"
-                wait_ready(server, url, timeout=300)
-                results[mode] = asyncio.run(load(url, args.clients, args.seconds, args.warmup, pictures, bias, args))
-            finally:
-                server.send_signal(signal.SIGINT)
-                try:
-                    server.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    server.kill()
-                    server.wait()
+            with serve_subprocess(server_options(florence2, vl, mode, args), ready_s=300) as (_, url):
+                results[mode] = asyncio.run(load(url, args.clients, args.seconds, args.warmup, images, bias, args))
             r = results[mode]
             print(f"{mode:>14}: {r['requests']:5d} requests, {r['failed']} failed, {r['throughput']:6.2f} req/s, "
                   f"{r['tokens_per_s']:7.1f} tokens/s, p50 {r['p50_ms']:7.1f} ms, p99 {r['p99_ms']:7.1f} ms, "

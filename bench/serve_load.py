@@ -25,105 +25,58 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import io
 import json
+import math
 import os
-import signal
-import socket
-import subprocess
+import resource
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
-from PIL import Image, ImageDraw
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve_common import pictures, quantile, serve_subprocess, stop_on_sigterm, tiny_models  # noqa: E402
 
 TASKS = [("OD", None), ("CAPTION", None), ("CAPTION_TO_PHRASE_GROUNDING", "a red circle"), ("OCR", None)]
 # Idle connections are dropped by the client well before uvicorn's 5 s keep-alive timeout: with the server's
 # event loop lagging under overload, a request sent on a connection the server is just closing for idleness
 # fails with ReadError before the server ever reads it (seen at 5 s; no server-side loss).
 KEEPALIVE_S = 1.0
+# Open requests are spread over connection pools of this many connections each: httpcore's pool does work
+# proportional to its connections x its waiting requests on every request, so one pool of thousands of
+# connections makes the client, not the server, the bottleneck.
+POOL_CONNECTIONS = 32
 QUESTIONS = ["What is in the image?", "How many shapes are there?", "Describe the image.", "Is there a red circle?"]
 
 
-# -- models and the server --------------------------------------------------------------------------------
+# -- the server -------------------------------------------------------------------------------------------
 
 
-def tiny_checkpoints(out: Path, chat: bool) -> tuple[str, str | None]:
-    """A random tiny Florence-2 checkpoint and, with `chat`, a random tiny Florence-VL over it."""
-    from florence_vl.florence2.checkpoint import make_tiny_checkpoint
-
-    f2 = make_tiny_checkpoint(out / "florence2", preset="tiny")
-    if not chat:
-        return str(f2), None
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from florence_vl.florence2.runner import Florence2
-    from florence_vl.vl.chat import FlorenceVL
-    from florence_vl.vl.model import FlorenceVLForCausalLM, VLConfig
-    from florence_vl.vl.nano_llm import train_llm_tokenizer
-
-    florence = Florence2.from_pretrained(str(f2))
-    tokenizer = train_llm_tokenizer(QUESTIONS + ["a red circle above a blue square", "yes no 1 2 3 green star"], 340)
-    torch.manual_seed(0)
-    llm = LlamaForCausalLM(LlamaConfig(vocab_size=-(-len(tokenizer) // 64) * 64, hidden_size=32, intermediate_size=64,
-                                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                       max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id,
-                                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id))
-    model = FlorenceVLForCausalLM(florence.model, florence.tokenizer, florence.num_image_tokens, llm, VLConfig())
-    vl = FlorenceVL(model, tokenizer, florence.image_processor, source="random:tiny-vl")
-    return str(f2), str(vl.save_pretrained(out / "florence-vl"))
+def server_options(model: str, vl_model: str | None, args) -> list[str]:
+    return ["--model", model, "--vl-model", vl_model or "none", "--max-queue", str(args.max_queue),
+            "--batch-size", str(args.batch_size), "--batch-window-ms", str(args.batch_window_ms), "--beams", "1",
+            "--max-new-tokens", str(args.max_new_tokens)]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def launcher(args) -> list[str] | None:
+    if not args.switch_interval_ms:
+        return None
+    # an experiment: how much the GIL hand-over between the model's thread and the event loop costs
+    return [sys.executable, "-c", f"import sys; sys.setswitchinterval({args.switch_interval_ms / 1000}); "
+            "from florence_vl.cli import main; sys.exit(main(sys.argv[1:]))"]
 
 
-@contextmanager
-def server_process(model: str, vl_model: str | None, args, log=print):
-    port = free_port()
-    launcher = [sys.executable, "-m", "florence_vl.cli"]
-    if args.switch_interval_ms:  # an experiment: how much the GIL hand-over between model and event loop costs
-        launcher = [sys.executable, "-c", f"import sys; sys.setswitchinterval({args.switch_interval_ms / 1000}); "
-                    "from florence_vl.cli import main; sys.exit(main(sys.argv[1:]))"]
-    cmd = [*launcher, "serve", "--model", model, "--vl-model", vl_model or "none",
-           "--host", "127.0.0.1", "--port", str(port), "--max-queue", str(args.max_queue),
-           "--batch-size", str(args.batch_size), "--batch-window-ms", str(args.batch_window_ms), "--beams", "1",
-           "--max-new-tokens", str(args.max_new_tokens), "--log-level", "warning"]
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    if args.server_threads:
-        env["OMP_NUM_THREADS"] = str(args.server_threads)
-    server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if server.poll() is not None:
-                raise RuntimeError(f"the server exited: {server.stderr.read().strip()[-2000:]}")
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the server did not start in 180 s")
-            time.sleep(0.2)
-        log(f"server pid {server.pid} on {url}")
-        yield server, url
-    finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+def raise_open_files(wanted: int) -> int:
+    """Raise this process's (and so the server subprocess's) limit on open files towards `wanted`."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    return soft
 
 
 def cpu_s(pid: int) -> float:
@@ -142,19 +95,6 @@ def rss_mb(pid: int) -> float:
 # -- requests ---------------------------------------------------------------------------------------------
 
 
-def pictures(n: int = 4) -> list[str]:
-    out = []
-    for i in range(n):
-        image = Image.new("RGB", (96 + 8 * i, 72 + 4 * i), (30 * i % 255, 140, 200))
-        draw = ImageDraw.Draw(image)
-        draw.ellipse([8 + i, 8, 50 + i, 50], fill=(220, 30, 30))
-        draw.rectangle([60, 20 + i, 90, 60], fill=(20, 40, 200))
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        out.append("data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode())
-    return out
-
-
 @dataclass
 class Outcome:
     kind: str            # task, chat, stream, leave
@@ -171,7 +111,7 @@ class Mix:
     """Request i of the mix: tasks, and (with a chat model) whole, streamed and leaving chat requests."""
 
     def __init__(self, chat: bool, chat_share: float, leave_share: float, max_new_tokens: int):
-        self.images = pictures()
+        self.images = pictures(4, size=(96, 72), grow=(8, 4))
         self.chat, self.chat_share, self.leave_share, self.tokens = chat, chat_share, leave_share, max_new_tokens
 
     def kind(self, i: int, leavers: bool) -> str:
@@ -280,6 +220,7 @@ class Sampler:
                 try:
                     health = (await http.get(self.url + "/health")).json()
                     sample["waiting"] = health["queue"]["waiting"]
+                    sample["active"] = health["admission"]["active"]
                     sample["running"] = health["queue"]["running"]
                     if health.get("chat"):
                         sample["chat_waiting"] = health["chat"]["queue"]["waiting"]
@@ -295,12 +236,16 @@ class Sampler:
 
 
 async def open_loop(url: str, mix: Mix, rate: float, seconds: float, max_inflight: int, drain_s: float):
-    """Arrivals at `rate` per second for `seconds`, whatever the answers; then wait for every one."""
+    """Arrivals at `rate` per second for `seconds` on a fixed schedule, whatever the answers (each on its own
+    task, over pools of POOL_CONNECTIONS connections); then wait for every one. How late the sends were
+    against the schedule says whether this client kept up."""
     outcomes: list[Outcome] = []
     inflight: set[asyncio.Task] = set()
-    skipped = 0
-    limits = httpx.Limits(max_connections=max_inflight + 8, max_keepalive_connections=64, keepalive_expiry=KEEPALIVE_S)
-    async with httpx.AsyncClient(timeout=120, limits=limits) as http:
+    skipped, lags, most_inflight = 0, [], 0
+    limits = httpx.Limits(max_connections=POOL_CONNECTIONS, max_keepalive_connections=POOL_CONNECTIONS,
+                          keepalive_expiry=KEEPALIVE_S)
+    pools = [httpx.AsyncClient(timeout=120, limits=limits) for _ in range(math.ceil(max_inflight / POOL_CONNECTIONS))]
+    try:
         start = time.monotonic()
         for i in range(int(rate * seconds) + 1):  # bounded in count ...
             at = start + i / rate
@@ -308,11 +253,13 @@ async def open_loop(url: str, mix: Mix, rate: float, seconds: float, max_infligh
                 break
             if (delay := at - time.monotonic()) > 0:
                 await asyncio.sleep(delay)
+            lags.append(time.monotonic() - at)
             if len(inflight) >= max_inflight:
                 skipped += 1
                 continue
-            task = asyncio.create_task(send(http, url, mix, mix.kind(i, leavers=True), i))
+            task = asyncio.create_task(send(pools[i % len(pools)], url, mix, mix.kind(i, leavers=True), i))
             inflight.add(task)
+            most_inflight = max(most_inflight, len(inflight))
             task.add_done_callback(lambda t: (inflight.discard(t), outcomes.append(t.result())))
         load_end = time.monotonic()
         sent_for = load_end - start
@@ -321,8 +268,12 @@ async def open_loop(url: str, mix: Mix, rate: float, seconds: float, max_infligh
         unfinished = len(inflight)
         for task in list(inflight):
             task.cancel()
+    finally:
+        await asyncio.gather(*(pool.aclose() for pool in pools), return_exceptions=True)
     return outcomes, {"sent_for_s": sent_for, "skipped": skipped, "unfinished": unfinished,
-                      "drained_s": time.monotonic() - load_end}, load_end
+                      "drained_s": time.monotonic() - load_end, "most_inflight": most_inflight, "pools": len(pools),
+                      "send_lag_p50_s": round(quantile(lags, 0.5), 4), "send_lag_p99_s": round(quantile(lags, 0.99), 4),
+                      "send_lag_max_s": round(max(lags, default=0.0), 4)}, load_end
 
 
 async def recover(url: str, mix: Mix, load_end: float, chat: bool, limit_s: float = 30.0) -> dict:
@@ -341,13 +292,6 @@ async def recover(url: str, mix: Mix, load_end: float, chat: bool, limit_s: floa
             out[kind] = {"ok": outcome.full, "after_load_s": round(time.monotonic() - load_end, 3),
                          "latency_s": round(outcome.seconds, 3), "tries": tries}
     return out
-
-
-def quantile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
 
 
 def summarize(outcomes: list[Outcome]) -> dict:
@@ -372,20 +316,25 @@ def summarize(outcomes: list[Outcome]) -> dict:
             "p50_s": round(quantile(ok, 0.5), 4), "p99_s": round(quantile(ok, 0.99), 4),
             "max_s": round(max(ok), 4) if ok else None,
             "rejection_p50_s": round(quantile([o.seconds for o in rejected], 0.5), 4),
-            "rejection_p99_s": round(quantile([o.seconds for o in rejected], 0.99), 4), "by_kind": by_kind}
+            "rejection_p99_s": round(quantile([o.seconds for o in rejected], 0.99), 4),
+            "rejection_max_s": round(max((o.seconds for o in rejected), default=float("nan")), 4), "by_kind": by_kind}
 
 
 def run_load(args, log=print) -> dict:
     """The four phases against a fresh server; the numbers as a dict."""
+    open_files = raise_open_files(2 * args.max_inflight + 1024)  # both ends of every open request, and some
     with tempfile.TemporaryDirectory() as tmp:
         model, vl_model = args.model, args.vl_model
         chat = args.chat_share > 0 and vl_model != "none"
         if model is None:
-            model, made_vl = tiny_checkpoints(Path(tmp), chat and vl_model is None)
+            model, made_vl = tiny_models(Path(tmp), "tiny", "tiny" if chat and vl_model is None else None)
             vl_model = vl_model or made_vl
         mix = Mix(chat, args.chat_share, args.leave_share, args.max_new_tokens)
-        with server_process(model, vl_model if chat else None, args, log) as (server, url):
-            return asyncio.run(_phases(url, server.pid, mix, chat, args, log))
+        with serve_subprocess(server_options(model, vl_model if chat else None, args), launcher=launcher(args),
+                              threads=args.server_threads, log=log) as (server, url):
+            result = asyncio.run(_phases(url, server.pid, mix, chat, args, log))
+    result["machine"]["open_files_limit"] = open_files
+    return result
 
 
 async def _phases(url: str, pid: int, mix: Mix, chat: bool, args, log) -> dict:
@@ -420,7 +369,8 @@ async def _phases(url: str, pid: int, mix: Mix, chat: bool, args, log) -> dict:
     rss = [s["rss_mb"] for s in sampler.samples]
     queue_max = {"waiting": max((s.get("waiting", 0) for s in sampler.samples), default=0),
                  "chat_waiting": max((s.get("chat_waiting", 0) for s in sampler.samples), default=0),
-                 "max_queue": args.max_queue}
+                 "max_queue": args.max_queue, "active": max((s.get("active", 0) for s in sampler.samples), default=0),
+                 "max_active": after["admission"]["max"]}
     tasks = [o for o in outcomes if o.kind == "task"]
     server = {"task_items": after["batching"]["items"] - before["batching"]["items"],
               "task_rejected": after["batching"]["rejected"] - before["batching"]["rejected"],
@@ -436,6 +386,7 @@ async def _phases(url: str, pid: int, mix: Mix, chat: bool, args, log) -> dict:
         server["after"]["chat_queue"] = after["chat"]["queue"]
     result = {"settings": {k: v for k, v in vars(args).items() if k != "json"}, "capacity_rps": round(capacity, 2),
               "offered_rps": round(len(outcomes) / loop_info["sent_for_s"], 2), "target_rps": round(rate, 2),
+              "offered_factor": round(len(outcomes) / loop_info["sent_for_s"] / capacity, 2),
               "overload": summarize(outcomes), "loop": loop_info, "queue_max": queue_max, "server": server,
               "rss_mb": {"start": round(rss_start, 1), "max": max(rss), "end": rss[-1],
                          "growth": round(rss[-1] - rss_start, 1), "max_growth": round(max(rss) - rss_start, 1)},
@@ -448,21 +399,23 @@ async def _phases(url: str, pid: int, mix: Mix, chat: bool, args, log) -> dict:
 def report(r: dict) -> str:
     o = r["overload"]
     lines = [
-        f"capacity {r['capacity_rps']} req/s; offered {r['offered_rps']} req/s (target {r['target_rps']}) for "
-        f"{r['settings']['seconds']:g} s",
+        f"capacity {r['capacity_rps']} req/s; offered {r['offered_rps']} req/s = {r['offered_factor']}x capacity "
+        f"(target {r['target_rps']}) for {r['settings']['seconds']:g} s; sends late by p50/p99/max "
+        f"{r['loop']['send_lag_p50_s']}/{r['loop']['send_lag_p99_s']}/{r['loop']['send_lag_max_s']} s; most open "
+        f"requests {r['loop']['most_inflight']} (bound {r['settings']['max_inflight']}, skipped {r['loop']['skipped']})",
         f"requests {o['requests']}: accepted {o['accepted']}, rejected {o['rejected']} (503 {o['rejected_503']}, "
         f"429 {o['rejected_429']}; {o['rejected_by_code']}; without Retry-After {o['rejected_without_retry_after']}, "
         f"Retry-After "
         f"{o['retry_after_range']}), lost {o['lost']}, left mid-stream {o['left_mid_stream']}",
         f"accepted latency p50 {o['p50_s']} s, p99 {o['p99_s']} s, max {o['max_s']} s; rejections p50 "
-        f"{o['rejection_p50_s']} s, p99 {o['rejection_p99_s']} s",
+        f"{o['rejection_p50_s']} s, p99 {o['rejection_p99_s']} s, max {o['rejection_max_s']} s",
         f"queue max waiting {r['queue_max']['waiting']} (chat {r['queue_max']['chat_waiting']}) of "
-        f"{r['queue_max']['max_queue']}; /health failures {r['health']['failures']}, slowest {r['health']['slowest_s']} s",
+        f"{r['queue_max']['max_queue']}; most active {r['queue_max']['active']} of {r['queue_max']['max_active']}; "
+        f"/health failures {r['health']['failures']}, slowest {r['health']['slowest_s']} s",
         f"server RSS {r['rss_mb']['start']} MB at the start of the load, max {r['rss_mb']['max']} MB, end "
         f"{r['rss_mb']['end']} MB (growth {r['rss_mb']['growth']} MB, max growth {r['rss_mb']['max_growth']} MB)",
         f"recovery: {json.dumps(r['recovery'])}",
-        f"machine: {json.dumps(r['machine'])}; client-side skips (in-flight bound {r['settings']['max_inflight']} "
-        f"reached): {r['loop']['skipped']}",
+        f"machine: {json.dumps(r['machine'])}",
         f"by kind: {json.dumps(o['by_kind'])}; server counters: {json.dumps(r['server'])}"]
     if o["lost_examples"]:
         lines.append(f"first lost: {o['lost_examples'][0]}")
@@ -485,7 +438,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--chat-share", type=float, default=0.3, help="share of chat requests (default: 0.3; 0: tasks only)")
     p.add_argument("--leave-share", type=float, default=0.3,
                    help="share of the chat requests that stream and leave after the first event (default: 0.3)")
-    p.add_argument("--max-inflight", type=int, default=512, help="client-side bound on open requests (default: 512)")
+    p.add_argument("--max-inflight", type=int, default=4096,
+                   help="client-side bound on open requests; arrivals past it are skipped and counted (default: 4096)")
     p.add_argument("--drain-seconds", type=float, default=60.0, help="how long in-flight requests may take (default: 60)")
     p.add_argument("--server-threads", type=int, default=0, help="OMP_NUM_THREADS for the server (default: unset)")
     p.add_argument("--switch-interval-ms", type=float, default=0,
@@ -496,7 +450,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = parser().parse_args()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the server subprocess
+    stop_on_sigterm()
     result = run_load(args)
     print(report(result))
     if args.json:

@@ -40,9 +40,10 @@ def run(bench):
 
 def test_past_capacity_the_queue_stays_bounded_and_refusals_say_retry_after(run):
     o = run["overload"]
-    # The load really was past capacity: offered at >= 2x it, or the client's in-flight bound was reached (a
-    # tiny model's capacity comes close to what the HTTP layer itself can take in on this CPU).
-    assert run["offered_rps"] >= 2 * run["capacity_rps"] or run["loop"]["skipped"] > 0, run
+    # The load really was far past capacity, measured in the same run: the client kept its open-loop schedule
+    # (nothing skipped for its in-flight bound) at >= 3x (4x asked; a little is lost to a busy CPU).
+    assert run["offered_factor"] >= 3.0 and run["loop"]["skipped"] == 0, (run["offered_factor"], run["loop"])
+    assert run["queue_max"]["active"] <= run["queue_max"]["max_active"]
     assert o["rejected"] > 0 and o["rejected_503"] == o["rejected"] and o["rejected_429"] == 0
     assert o["rejected_without_retry_after"] == 0 and o["retry_after_range"][0] >= 1
     assert run["queue_max"]["waiting"] <= 16 and run["queue_max"]["chat_waiting"] <= 16
