@@ -379,3 +379,20 @@ def test_unknown_hub_id_offline(monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     message = _expect("nonexistent-org/nonexistent-model", "nonexistent-org/nonexistent-model", "Hugging Face Hub")
     assert "offline" in message
+
+
+def test_bf16_storage_loads_back_in_the_config_dtype(tmp_path):
+    """store_as halves the bytes; loading computes in config.json's dtype (fp32) with the bf16-rounded weights."""
+    from florence_vl.florence2.checkpoint import store_as
+
+    src = make_tiny_checkpoint(tmp_path / "fp32", seed=1)
+    dst = tmp_path / "bf16"
+    shutil.copytree(src, dst)
+    store_as(dst / "model.safetensors", torch.bfloat16)
+    assert (dst / "model.safetensors").stat().st_size < 0.55 * (src / "model.safetensors").stat().st_size
+    full, stored = load_florence2(src), load_florence2(dst)
+    assert {p.dtype for p in stored.model.parameters()} == {torch.float32}
+    expected = {k: v.to(torch.bfloat16).float() for k, v in full.model.state_dict().items()}
+    for name, value in stored.model.state_dict().items():
+        assert torch.equal(value, expected[name]), name
+    assert {p.dtype for p in load_florence2(dst, dtype="bfloat16").model.parameters()} == {torch.bfloat16}

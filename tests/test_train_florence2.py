@@ -142,3 +142,35 @@ def test_curriculum_phases_choose_the_tasks_of_the_first_steps(tiny_tokenizer):
     late = {e["task"] for step in range(3, 8) for _, examples in batches.examples(step) for e in examples}
     assert early == {"<OD>"}          # charts and text-only scenes have no OD: other scenes were drawn instead
     assert late == {"<CAPTION>", "<OCR>"}
+
+
+def test_first_scene_moves_the_stream_on(tiny_tokenizer):
+    base = Florence2Recipe(out_dir="unused", geometry="tiny", images_per_step=2, tasks_per_image=2,
+                           max_target_tokens=48, loop=LoopConfig(steps=1))
+    later = Florence2Recipe(**{**base.__dict__, "first_scene": 2 * 5})  # 5 steps of 2 images further on
+    from florence_vl.florence2.geometry import florence2_config
+
+    vision = florence2_config("tiny", 512, tiny_tokenizer.image_token_id).vision_config
+    a = WorldBatches(base, tiny_tokenizer, 64, vision)(5)
+    b = WorldBatches(later, tiny_tokenizer, 64, vision)(0)
+    assert all((a[k] == b[k]).all() for k in ("pixel_values", "input_ids", "labels"))
+
+
+def test_init_from_continues_a_checkpoint_with_its_tokenizer(tmp_path):
+    """A later stage (configs/florence2-nano-loc.yaml) starts from a trained model's weights and tokenizer."""
+    from safetensors.torch import load_file
+
+    from florence_vl.florence2.checkpoint import make_tiny_checkpoint
+    from florence_vl.train.florence2 import run
+
+    start = make_tiny_checkpoint(tmp_path / "start", seed=3)
+    recipe = Florence2Recipe(out_dir=str(tmp_path / "stage2"), geometry="tiny", init_from=str(start),
+                             images_per_step=1, tasks_per_image=1, max_target_tokens=32,
+                             loop=LoopConfig(steps=2, lr=1e-3, warmup_steps=1, save_every=2, precision="no"))
+    path = run(recipe, progress=False)
+    assert (path / "tokenizer.json").read_text() == (start / "tokenizer.json").read_text()
+    before, after = load_file(str(start / "model.safetensors")), load_file(str(path / "model.safetensors"))
+    assert before.keys() == after.keys()
+    changed = [k for k in before if not (before[k] == after[k]).all()]
+    # trained from the checkpoint (small steps away from it), not from a fresh initialisation
+    assert changed and all((before[k] - after[k]).abs().max() < 0.05 for k in before)

@@ -234,6 +234,40 @@ def _read_weights(path: Path, dtype: torch.dtype | None = None) -> dict[str, tor
     return sd
 
 
+def _compute_dtype_of_storage(where: Path, config: dict) -> torch.dtype | None:
+    """The dtype to compute in for weights stored in a narrower one only to save bytes: a safetensors file whose
+    metadata says "stored_dtype" (see store_as) is loaded in config.json's dtype. None: as stored."""
+    if where.suffix != ".safetensors":
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(where), "pt") as f:
+            stored = (f.metadata() or {}).get("stored_dtype")
+    except Exception:  # a damaged file: reading the weights reports it as a CheckpointError
+        return None
+    declared = config.get("dtype") or config.get("torch_dtype")
+    if not stored or not isinstance(declared, str) or declared == stored:
+        return None
+    try:
+        return _parse_dtype(declared)
+    except InputError:  # an odd dtype string in someone's config: keep the stored dtype
+        return None
+
+
+def store_as(path: Path, dtype: torch.dtype) -> None:
+    """Rewrite a safetensors file with its floating tensors in `dtype` (other tensors and metadata kept), marked
+    "stored_dtype" so that loading computes in the config's dtype again (half the bytes for bfloat16)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), "pt") as f:
+        metadata = f.metadata() or {"format": "pt"}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    save_file({k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}, str(path),
+              metadata={**metadata, "stored_dtype": str(dtype).replace("torch.", "")})
+
+
 def _load_tokenizer(directory: Path, layout: str, max_length: int) -> PreTrainedTokenizerBase:
     if not any((directory / name).is_file() for name in _TOKENIZER_FILES):
         raise CheckpointError(f"{directory} has no tokenizer files (tokenizer.json, or vocab.json + merges.txt)")
@@ -420,6 +454,8 @@ def load_florence2(source: str | Path, *, dtype: torch.dtype | str | None = None
     config = _read_json(config_path)
     layout = detect_layout(config)
     where = _weights_file(directory, allow_pickle)
+    if dtype is None:
+        dtype = _compute_dtype_of_storage(where, config)
     text = config.get("text_config") or {}
     tokenizer = _load_tokenizer(directory, layout, int(text.get("max_position_embeddings", 1024)))
     sd = _read_weights(where, dtype)  # cast per tensor as read: never a full copy in the stored dtype

@@ -52,6 +52,10 @@ class Florence2Recipe:
     # [{"until": step, "task_weights": {...}}, ...]: other task mixes for the first steps (see task_weights_at)
     curriculum: list = field(default_factory=list)
     davit_init: str | None = None    # UniCL-nano checkpoint whose image tower initialises DaViT
+    # A Florence-2 checkpoint (its weights and tokenizer) to continue from, e.g. "nano" for a later stage of
+    # the shipped model; the *_init options above then do nothing.
+    init_from: str | None = None
+    first_scene: int = 0             # seed of step 0's first scene: a later stage starts past the scenes seen
     image_position_init: float = 0.0  # >0: DaViT-side 2D position embeddings start as sinusoids of this RMS
     smooth_location_init: bool = False  # <loc_k> embeddings start as smooth functions of k (ordinal_locations.py)
     location_label_sigma: float = 0.0   # >0: <loc_k> labels become a Gaussian of this many bins
@@ -137,7 +141,7 @@ class WorldBatches:
         picked = []
         task_weights = r.task_weights_at(step)
         for i in range(r.images_per_step):
-            seed = step * r.images_per_step + i
+            seed = r.first_scene + step * r.images_per_step + i
             for attempt in range(50):  # a scene with none of the weighted tasks (OD on a chart): the next one
                 scene = generate_scene(seed + attempt * 1_000_000_007, self.split)
                 by_task: dict[str, list[dict]] = {}
@@ -227,6 +231,14 @@ def run(recipe: Florence2Recipe, *, progress: bool = True) -> Path:
     out = Path(recipe.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer_dir = out / "tokenizer"
+    initial = None
+    if recipe.init_from:
+        from ..florence2.checkpoint import load_florence2
+        from ..models import resolve_model
+
+        initial = load_florence2(resolve_model(recipe.init_from, "florence2"), dtype=torch.float32)
+        if not (tokenizer_dir / "tokenizer.json").exists():
+            initial.tokenizer.save_pretrained(tokenizer_dir)
     if (tokenizer_dir / "tokenizer.json").exists():  # resume: the same tokenizer, not a retrained one
         from transformers import AutoTokenizer
 
@@ -238,7 +250,7 @@ def run(recipe: Florence2Recipe, *, progress: bool = True) -> Path:
         tokenizer = build_tokenizer(recipe)
         tokenizer.save_pretrained(tokenizer_dir)
     torch.manual_seed(recipe.loop.seed)
-    model = build_model(recipe, tokenizer)
+    model = initial.model.train() if initial is not None else build_model(recipe, tokenizer)
     from ..florence2.geometry import preset
 
     image_size = preset(recipe.geometry)["image_size"]

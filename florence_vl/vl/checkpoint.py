@@ -28,7 +28,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from ..errors import CheckpointError
 from ..florence2.checkpoint import (Florence2Bundle, _read_json, _read_weights, _resolve, _weights_file, load_florence2,
-                                    save_florence2)
+                                    save_florence2, store_as)
 from .model import FlorenceVLForCausalLM, VLConfig
 
 FORMAT = "florence-vl"
@@ -91,22 +91,10 @@ def save_florence_vl(bundle: FlorenceVLBundle, out_dir: str | Path, florence2_to
     compute_dtype = next(model.llm.parameters()).dtype
     if storage_dtype is not None and storage_dtype != compute_dtype:
         for weights in sorted(out.rglob("*.safetensors")):
-            _store_as(weights, storage_dtype)
+            store_as(weights, storage_dtype)
         meta["load_dtype"] = str(compute_dtype).replace("torch.", "")
     (out / "florence_vl.json").write_text(json.dumps(meta, indent=2))
     return out
-
-
-def _store_as(path: Path, dtype: torch.dtype) -> None:
-    """Rewrite a safetensors file with its floating tensors in `dtype` (other tensors and metadata kept)."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    with safe_open(str(path), "pt") as f:
-        metadata = f.metadata() or {"format": "pt"}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    save_file({k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}, str(path),
-              metadata={**metadata, "stored_dtype": str(dtype).replace("torch.", "")})
 
 
 def _load_own(directory: Path, dtype) -> FlorenceVLBundle:
