@@ -44,7 +44,9 @@ def started(monkeypatch, tiny_florence2):
 def test_no_options_binds_loopback_with_no_key_and_no_local_paths(started, capsys, tmp_path):
     app, kwargs = started()
     assert kwargs["host"] == "127.0.0.1"
+    assert kwargs["http"].__name__ == "JsonErrorH11Protocol"  # malformed HTTP answered in the JSON shape too
     settings = app.state.settings
+    assert settings.header_timeout_s == settings.body_timeout_s == 30.0  # slow clients are dropped
     assert settings.allow_dirs == () and settings.api_key is None
     assert "warning" not in capsys.readouterr().err
     picture().save(tmp_path / "photo.png")  # a real, readable image: still not read

@@ -461,7 +461,7 @@ def test_fuzz_over_a_real_uvicorn_server(real_server, schema_ops, remote, tree):
 
     try:
         run()
-        statuses = Counter()
+        statuses, bad_http = Counter(), 0
         for payload in RAW_REQUESTS:
             answer = raw_exchange(real_server.url, payload)
             SENT[name] += 1
@@ -472,10 +472,13 @@ def test_fuzz_over_a_real_uvicorn_server(real_server, schema_ops, remote, tree):
                     assert status < 500, (payload[:80], answer[:300])
             assert b"root:" not in answer and b"secret" not in answer
             head, _, rest = answer.partition(b"\r\n\r\n")
-            if b"content-type: application/json" in head.lower() and not head.startswith(b"HTTP/1.1 200"):
+            if head and not head.startswith(b"HTTP/1.1 200"):  # every error in the JSON shape, uvicorn's own too
+                assert b"content-type: application/json" in head.lower(), answer[:300]
                 error = json.loads(rest.partition(b"HTTP/1.1 ")[0])["error"]  # (a pipelined answer may follow)
                 assert set(error) == {"message", "type", "code"}, answer[:300]
+                bad_http += error["code"] == "bad_http_request"
         assert statuses[200] >= 2 and statuses[400] + statuses[404] + statuses[413] + statuses[411] >= 8, statuses
+        assert bad_http >= 5  # the malformed ones, answered by the protocol (florence_vl/serve/protocol.py)
         health = assert_healthy(real_server.url, 160 + len(RAW_REQUESTS), name)
         assert health["queue"]["waiting"] == 0
         assert http.post("/v1/florence2/tasks", json={"image": GOOD_URL, "task": "OD"},

@@ -1,7 +1,10 @@
 """Issue 7: a client that trickles its request body (slowloris) or stops sending it does not hold a slot for
 ever. The whole body must arrive within --body-timeout (ServeSettings.body_timeout_s) of the headers; past it
 the server answers 408 `body_timeout` and closes the connection, its --max-active slot is free again, and
-other clients are served meanwhile and afterwards. Raw sockets on a real uvicorn server (127.0.0.1)."""
+other clients are served meanwhile and afterwards. The headers have their own limit, --header-timeout (the
+protocol, florence_vl/serve/protocol.py): a connection that sends nothing, or trickles its headers, is
+answered 408 `header_timeout` and closed; keep-alive connections are not affected. Raw sockets on a real
+uvicorn server (127.0.0.1)."""
 
 from __future__ import annotations
 
@@ -118,3 +121,50 @@ def test_a_body_that_arrives_in_time_is_served_and_the_option_is_checked(tiny_fl
             assert "body_timeout_s" in str(error)
         else:
             raise AssertionError(f"body_timeout_s={bad} was accepted")
+
+
+def test_headers_that_do_not_arrive_in_time_are_answered_408_and_closed(tiny_florence2):
+    settings = ServeSettings(max_batch_size=2, max_queue=4, max_new_tokens=8, header_timeout_s=TIMEOUT)
+    with BackgroundServer(build_app(tiny_florence2, settings)) as server:
+        silent = socket.create_connection((server.host, server.port), timeout=30)  # connects, sends nothing
+        trickle = socket.create_connection((server.host, server.port), timeout=30)
+        started = time.monotonic()
+        stop = threading.Event()
+
+        def dribble():
+            try:
+                for byte in b"POST /v1/florence2/tasks HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"y" * 1000:
+                    if stop.wait(0.1):
+                        return
+                    trickle.sendall(bytes([byte]))
+            except OSError:
+                pass
+
+        threading.Thread(target=dribble, daemon=True).start()
+        assert httpx.get(server.url + "/health", timeout=5).status_code == 200  # others are served meanwhile
+        for sock in (silent, trickle):
+            head, body, closed = read_answer(sock)
+            assert head.startswith(b"HTTP/1.1 408") and body["error"]["code"] == "header_timeout", head
+            assert TIMEOUT - 0.1 <= closed - started < TIMEOUT + 2.0, closed - started
+        stop.set()
+        # A keep-alive connection idle between requests for longer than the header timeout (but within
+        # uvicorn's 5 s keep-alive) still works: the timer runs only while a request's headers are coming.
+        with socket.create_connection((server.host, server.port), timeout=30) as sock:
+            request = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+            sock.sendall(request)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+            time.sleep(TIMEOUT + 0.5)
+            sock.sendall(request)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        assert httpx.get(server.url + "/v1/florence2/tasks").json()["limits"]["header_timeout_s"] == TIMEOUT
+
+
+def test_malformed_http_is_answered_in_the_json_error_shape(tiny_florence2):
+    with BackgroundServer(build_app(tiny_florence2, ServeSettings())) as server:
+        for payload in (b"GET /health\r\n\r\n", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+                        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40):
+            with socket.create_connection((server.host, server.port), timeout=10) as sock:
+                sock.sendall(payload)
+                head, body, _ = read_answer(sock)
+            assert head.startswith(b"HTTP/1.1 400") and b"content-type: application/json" in head.lower(), head
+            assert body["error"]["code"] == "bad_http_request" and set(body["error"]) == {"message", "type", "code"}

@@ -177,7 +177,7 @@ def create_app(service: Florence2Service, settings: ServeSettings | None = None,
                 "limits": {"max_prompt_chars": settings.max_prompt_chars, "max_new_tokens": settings.max_new_tokens,
                            "max_beams": settings.max_beams, "default_beams": settings.default_beams,
                            "max_image_pixels": settings.max_image_pixels, "max_body_bytes": settings.max_body_bytes,
-                           "body_timeout_s": settings.body_timeout_s}}
+                           "body_timeout_s": settings.body_timeout_s, "header_timeout_s": settings.header_timeout_s}}
 
     task_schema = {"requestBody": {"content": {"application/json": {"schema": TaskBody.model_json_schema()}}}}
 

@@ -42,6 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--body-timeout", type=float, default=30.0, metavar="S",
                    help="a request's whole body must arrive within S seconds of its headers, else 408 and the "
                    "connection is closed (slow or stalled uploads; default: 30)")
+    p.add_argument("--header-timeout", type=float, default=30.0, metavar="S",
+                   help="a request's headers must arrive within S seconds of the connection or of their first byte, "
+                   "else 408 and the connection is closed (default: 30)")
     p.add_argument("--max-image-pixels", type=int, default=16 * 1024 * 1024,
                    help="width x height limit of a request's image (default: 16777216)")
     p.add_argument("--max-prompt-chars", type=int, default=1000, help="limit on a task's text (default: 1000)")
@@ -63,6 +66,7 @@ def settings_from_args(args):
         return ServeSettings(
             api_key=args.api_key or None, allow_dirs=tuple(args.allow_dir),
             max_body_bytes=int(args.max_body_mb * 1024 * 1024), body_timeout_s=args.body_timeout,
+            header_timeout_s=args.header_timeout,
             max_image_pixels=args.max_image_pixels,
             max_prompt_chars=args.max_prompt_chars, max_new_tokens=args.max_new_tokens, max_beams=args.max_beams,
             default_beams=args.beams, max_batch_size=args.batch_size, batch_window_ms=args.batch_window_ms,
@@ -132,7 +136,10 @@ def serve(args, load_model, load_vl=None) -> int:
         " (no chat model: --vl-model DIR_OR_ID enables POST /v1/chat/completions)"
     print(f"serving {settings.model_name}{chat} on http://{args.host}:{args.port}/ (batch up to "
           f"{settings.max_batch_size}, window {settings.batch_window_ms:g} ms)", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    from .protocol import json_error_protocol
+
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5,
+                http=json_error_protocol(settings.header_timeout_s))
     return 0
 
 
@@ -151,7 +158,12 @@ class BackgroundServer:
         self._socket.bind((host, port))
         self.host, self.port = self._socket.getsockname()[:2]
         self.url = f"http://{self.host}:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=2))
+        from .protocol import json_error_protocol
+
+        settings = getattr(getattr(app, "state", None), "settings", None)
+        protocol = json_error_protocol(settings.header_timeout_s) if settings is not None else json_error_protocol()
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=2,
+                                                    http=protocol))
         self._thread = None
 
     def __enter__(self) -> "BackgroundServer":

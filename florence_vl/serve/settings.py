@@ -12,6 +12,7 @@ class ServeSettings:
     allow_dirs: tuple[Path, ...] = ()         # local image paths are read only under these (resolved) folders
     max_body_bytes: int = 20 * 1024 * 1024    # request body, as sent (base64 images included)
     body_timeout_s: float = 30.0              # the whole body must arrive within this, or 408 (slowloris)
+    header_timeout_s: float = 30.0            # and the headers before it (florence_vl/serve/protocol.py)
     max_image_pixels: int = 16 * 1024 * 1024  # width x height of a decoded image
     max_prompt_chars: int = 1000              # the text input of a task
     max_prompt_tokens: int = 4096             # a chat prompt, in LLM positions (the image's features included)
@@ -32,8 +33,9 @@ class ServeSettings:
                 raise ValueError(f"{name} must be at least 1")
         if self.max_active is not None and self.max_active < 1:
             raise ValueError("max_active must be at least 1")
-        if not self.body_timeout_s > 0:
-            raise ValueError("body_timeout_s must be positive")
+        for name in ("body_timeout_s", "header_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive")
         if self.batch_window_ms < 0:
             raise ValueError("batch_window_ms must not be negative")
         object.__setattr__(self, "allow_dirs", tuple(Path(d).resolve() for d in self.allow_dirs))
