@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -70,18 +71,22 @@ def serve_subprocess(options: list[str], *, launcher: list[str] | None = None, t
                      ready_s: float = 180, log=None):
     """`florence-vl serve OPTIONS` on 127.0.0.1 and a free port; yields (Popen, url) once GET /health answers,
     stops it with SIGINT (then SIGKILL after 15 s) on the way out. `launcher` replaces `python -m
-    florence_vl.cli`; `threads` sets OMP_NUM_THREADS for the server."""
+    florence_vl.cli`; `threads` sets OMP_NUM_THREADS for the server. The server's stderr goes to a file
+    (`server_log(popen)` reads it): a pipe nobody reads fills at 64 KB and then blocks the server's next
+    write, its whole event loop with it (seen under overload, when it logged warnings)."""
     port = free_port()
     cmd = [*(launcher or [sys.executable, "-m", "florence_vl.cli"]), "serve", *options, "--host", "127.0.0.1",
            "--port", str(port), "--log-level", "warning"]
     env = dict(os.environ, HF_HUB_OFFLINE="1", **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
-    server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log_file = tempfile.NamedTemporaryFile("w+", prefix="serve-", suffix=".log")
+    server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log_file, text=True)
+    server.log_file = log_file
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + ready_s
         while True:
             if server.poll() is not None:
-                raise RuntimeError(f"the server exited: {server.stderr.read().strip()[-2000:]}")
+                raise RuntimeError(f"the server exited: {server_log(server).strip()[-2000:]}")
             try:
                 if httpx.get(url + "/health", timeout=1).status_code == 200:
                     break
@@ -100,6 +105,13 @@ def serve_subprocess(options: list[str], *, launcher: list[str] | None = None, t
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+        log_file.close()
+
+
+def server_log(server: subprocess.Popen) -> str:
+    """What a serve_subprocess server wrote on stderr so far."""
+    with open(server.log_file.name, errors="replace") as f:
+        return f.read()
 
 
 def quantile(values, q: float) -> float:

@@ -38,7 +38,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_common import pictures, quantile, serve_subprocess, stop_on_sigterm, tiny_models  # noqa: E402
+from serve_common import pictures, quantile, server_log, serve_subprocess, stop_on_sigterm, tiny_models  # noqa: E402
 
 TASKS = [("OD", None), ("CAPTION", None), ("CAPTION_TO_PHRASE_GROUNDING", "a red circle"), ("OCR", None)]
 # Idle connections are dropped by the client well before uvicorn's 5 s keep-alive timeout: with the server's
@@ -257,17 +257,21 @@ async def open_loop(url: str, mix: Mix, rate: float, seconds: float, max_infligh
             if len(inflight) >= max_inflight:
                 skipped += 1
                 continue
-            task = asyncio.create_task(send(pools[i % len(pools)], url, mix, mix.kind(i, leavers=True), i))
+            kind = mix.kind(i, leavers=True)
+            task = asyncio.create_task(send(pools[i % len(pools)], url, mix, kind, i))
             inflight.add(task)
             most_inflight = max(most_inflight, len(inflight))
-            task.add_done_callback(lambda t: (inflight.discard(t), outcomes.append(t.result())))
+            task.add_done_callback(lambda t, kind=kind, sent=time.monotonic(): (inflight.discard(t), outcomes.append(
+                Outcome(kind, None, False, time.monotonic() - sent, error="no answer before the drain limit")
+                if t.cancelled() else t.result())))
         load_end = time.monotonic()
         sent_for = load_end - start
         if inflight:
             await asyncio.wait(set(inflight), timeout=drain_s)
         unfinished = len(inflight)
-        for task in list(inflight):
+        for task in list(inflight):  # counted as lost (accepted or not, no answer came)
             task.cancel()
+        await asyncio.gather(*inflight, return_exceptions=True)
     finally:
         await asyncio.gather(*(pool.aclose() for pool in pools), return_exceptions=True)
     return outcomes, {"sent_for_s": sent_for, "skipped": skipped, "unfinished": unfinished,
@@ -333,6 +337,12 @@ def run_load(args, log=print) -> dict:
         with serve_subprocess(server_options(model, vl_model if chat else None, args), launcher=launcher(args),
                               threads=args.server_threads, log=log) as (server, url):
             result = asyncio.run(_phases(url, server.pid, mix, chat, args, log))
+            lines = server_log(server).splitlines()
+    # What the server logged (at --log-level warning): no tracebacks and no leaked tasks expected.
+    result["server_log"] = {"lines": len(lines), "tracebacks": sum(line.startswith("Traceback") for line in lines),
+                            "destroyed_pending_tasks": sum("Task was destroyed but it is pending" in line
+                                                           for line in lines),
+                            "errors": sum(line.startswith("ERROR") for line in lines), "first": lines[:5]}
     result["machine"]["open_files_limit"] = open_files
     return result
 
@@ -416,6 +426,7 @@ def report(r: dict) -> str:
         f"{r['rss_mb']['end']} MB (growth {r['rss_mb']['growth']} MB, max growth {r['rss_mb']['max_growth']} MB)",
         f"recovery: {json.dumps(r['recovery'])}",
         f"machine: {json.dumps(r['machine'])}",
+        f"server log: {json.dumps(r['server_log'])}",
         f"by kind: {json.dumps(o['by_kind'])}; server counters: {json.dumps(r['server'])}"]
     if o["lost_examples"]:
         lines.append(f"first lost: {o['lost_examples'][0]}")

@@ -74,6 +74,13 @@ def test_clients_that_leave_mid_stream_free_their_slots(run):
     assert s["after"]["admission"]["active"] == 0  # nobody's slot is held once the load is gone
 
 
+def test_the_server_logged_no_error_and_leaked_no_task(run):
+    # (a streaming client leaving used to leave its pending Queue.get task behind: "Task was destroyed but it
+    # is pending!", and at 4x for 60 s enough of those lines to fill an unread stderr pipe and block the server)
+    log = run["server_log"]
+    assert log["tracebacks"] == log["destroyed_pending_tasks"] == log["errors"] == 0, log
+
+
 def test_memory_is_bounded_and_the_server_recovers(run):
     assert run["rss_mb"]["max_growth"] < 150, run["rss_mb"]
     for kind in ("task", "chat"):

@@ -84,7 +84,11 @@ class ChatJob:
         while True:
             if self.pieces.empty():
                 getter = asyncio.ensure_future(self.pieces.get())
-                await asyncio.wait({getter, self.task}, return_when=asyncio.FIRST_COMPLETED)
+                try:
+                    await asyncio.wait({getter, self.task}, return_when=asyncio.FIRST_COMPLETED)
+                except BaseException:  # the stream was cancelled (its client left): the getter goes too, or it
+                    getter.cancel()    # stays pending and is destroyed so ("Task was destroyed but it is pending")
+                    raise
                 if not getter.done():
                     getter.cancel()
                     while not self.pieces.empty():  # the batch failed or ended: what it said before
