@@ -6,7 +6,7 @@ MODEL ?= nano
 TASK ?= OD
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install browser demo test bench bench-serve bench-chat nano nano-long ship-nano eval-nano vl-nano clean
+.PHONY: install browser demo test bench bench-full bench-serve bench-chat nano nano-long ship-nano eval-nano vl-nano clean
 
 $(BIN)/florence-vl: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -73,8 +73,12 @@ eval-nano: install
 	$(BIN)/florence-vl eval florence2 --data data/test --model $(NANO_MODEL) --limit $(EVAL_LIMIT) --out docs/results/florence2-nano-test.json
 	$(BIN)/florence-vl eval florence2 --data data/test-novel --model $(NANO_MODEL) --limit $(EVAL_LIMIT) --out docs/results/florence2-nano-test-novel.json
 
+# The benchmark suite (docs/performance.md): `make bench` is --quick (a few minutes), `make bench-full` everything.
 bench: install
-	$(BIN)/python bench/florence2_batching.py --quick --dtype fp32
+	$(BIN)/python bench/run.py --quick
+
+bench-full: install
+	$(BIN)/python bench/run.py
 
 # florence-vl serve under 8 concurrent clients: dynamic batching vs one request at a time (docs/serving.md).
 bench-serve: install

@@ -12,15 +12,16 @@ plus the FLOPs of one batched run (FlopCounterMode; the count does not depend on
 GFLOP/s and fraction of peak that the batched run reached. The peak is a large square matmul measured in
 this process (and, for comparison, the figures in /work/shared/DESIGN.md: 100 fp32, 355 bf16).
 
-    .venv/bin/python bench/florence2_batching.py            # fp32 (8 images) and bf16 (2 images), ~6 min
-    .venv/bin/python bench/florence2_batching.py --quick    # 384 px inputs, fewer images/tokens, ~1.5 min
+    .venv/bin/python bench/florence2_batching.py            # fp32 and bf16, 8 images each, ~4 min
+    .venv/bin/python bench/florence2_batching.py --quick    # 384 px inputs, fewer images/tokens, ~1 min
     .venv/bin/python bench/florence2_batching.py --dtype bf16 --images 8
 
 It is one module of the suite (`python bench/run.py florence2_batching`); its shared helpers (matmul peak,
 CPU share of other processes, peak RSS) live in bench/common.py.
 
-Why bf16 defaults to 2 images: written on an AVX2-only CPU where bf16 was ~6x slower than fp32. On the AVX512-BF16
-Xeon the suite now runs on, bf16 matmuls still reach only about half the fp32 rate (docs/performance.md).
+bf16 used to run 2 images only (written on an AVX2-only CPU where bf16 was ~6x slower than fp32, then an
+AVX512-BF16 one where it was half the fp32 rate); with AMX-BF16 it is the fast dtype, so both run 8
+(docs/performance.md).
 """
 
 from __future__ import annotations
@@ -178,7 +179,7 @@ def run(quick: bool = False, dtypes: tuple[str, ...] = ("fp32", "bf16"), images:
     options = dict(num_beams=num_beams, max_new_tokens=new_tokens, with_scores=True,
                    suppress_tokens=suppressed_ids(florence))
     order = sorted(dtypes, key=lambda d: d != "fp32")
-    counts = {d: images or ({"fp32": 4, "bf16": 2} if quick else {"fp32": 8, "bf16": 2})[d] for d in order}
+    counts = {d: images or ({"fp32": 4, "bf16": 4} if quick else {"fp32": 8, "bf16": 8})[d] for d in order}
     # FLOPs do not depend on the dtype: count them once per batch size, in fp32 (cheap on this CPU). That
     # batched run is also the process's warm-up (kernels, allocator, thread pool, lazy imports).
     start = time.perf_counter()
@@ -194,7 +195,7 @@ def run(quick: bool = False, dtypes: tuple[str, ...] = ("fp32", "bf16"), images:
         if florence.model.dtype != dtype:
             florence.model.to(dtype)
             # Warm this dtype's kernels on a 192 px input (one request, 2 tokens): same code path, seconds
-            # instead of a full-size run (30 s per image in bf16 here).
+            # instead of a full-size run.
             small = Florence2(florence.model, florence.tokenizer, image_processor(192))
             small.run_requests(requests[:1], batch_size=1, **dict(options, max_new_tokens=2))
         flops, parts = flops_by_n[n]
@@ -239,7 +240,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="384 px inputs, 4 fp32 / 2 bf16 images, 8 tokens")
     parser.add_argument("--dtype", choices=["bf16", "fp32", "both"], default="both")
     parser.add_argument("--images", type=int, default=None,
-                        help="requests per run (= the batch size); default 8 fp32 / 2 bf16 (quick: 4 / 2)")
+                        help="requests per run (= the batch size); default 8 (quick: 4)")
     parser.add_argument("--beams", type=int, default=1, help="num_beams (1 = greedy)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default 16 (quick: 8)")
     args = parser.parse_args()

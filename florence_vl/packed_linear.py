@@ -16,11 +16,13 @@ from torch import nn
 
 
 class PackedLinear(nn.Module):
-    def __init__(self, linear: nn.Linear):
+    def __init__(self, linear: nn.Linear, batch_size: int | None = 1):
+        """`batch_size`: the rows per call the blocked layout is chosen for (1: decoding; None: oneDNN's
+        default, for layers fed many rows at a time, e.g. DaViT's tokens)."""
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         weight = linear.weight.detach()
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, 1)
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, batch_size)
         self.bias = None if linear.bias is None else linear.bias.detach()
         self.dtype = weight.dtype
 
@@ -39,9 +41,12 @@ def can_pack() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
 
 
-def pack_linear_weights(module: nn.Module, dtype: torch.dtype = torch.bfloat16) -> int:
+def pack_linear_weights(module: nn.Module, dtype: torch.dtype = torch.bfloat16, *, tied: bool = False,
+                        batch_size: int | None = 1) -> int:
     """Replace, in place, every CPU nn.Linear of `dtype` under `module` by a PackedLinear; returns how many.
-    Layers whose weight is shared with another module (tied embeddings) stay as they are."""
+    Layers whose weight is shared with another module (tied embeddings) stay as they are unless `tied`: then the
+    layer gets a packed copy (the embedding keeps the plain weight; one more copy of the matrix in memory, and
+    the tie is gone for training, so for inference-only copies of a model)."""
     if not can_pack():
         return 0
     counts: dict[int, int] = {}
@@ -49,8 +54,8 @@ def pack_linear_weights(module: nn.Module, dtype: torch.dtype = torch.bfloat16) 
         counts[id(p)] = counts.get(id(p), 0) + 1
     targets = [(name, child) for name, child in module.named_modules()
                if type(child) is nn.Linear and child.weight.dtype == dtype and child.weight.device.type == "cpu"
-               and counts.get(id(child.weight), 0) == 1]
+               and (tied or counts.get(id(child.weight), 0) == 1)]
     for name, child in targets:
         parent_name, _, leaf = name.rpartition(".")
-        setattr(module.get_submodule(parent_name) if parent_name else module, leaf, PackedLinear(child))
+        setattr(module.get_submodule(parent_name) if parent_name else module, leaf, PackedLinear(child, batch_size))
     return len(targets)

@@ -30,7 +30,7 @@ def test_vision_in_chunks_equals_one_call(tiny_florence2):
 
 
 def test_channels_last_changes_nothing(tiny_florence2):
-    fast, how = fast_florence2(tiny_florence2, dtype=torch.float32)
+    fast, how = fast_florence2(tiny_florence2, dtype=torch.float32, channels_last_convs=True)
     assert "channels-last" in how and fast.model is not tiny_florence2.model
     conv = fast.model.model.vision_tower.convs[0].conv.weight
     assert conv.is_contiguous(memory_format=torch.channels_last)
@@ -81,3 +81,112 @@ def test_beam_search_without_cross_cache_copies_equals_plain_generate(tiny_flore
     assert torch.equal(plain.sequences, ours.sequences)
     torch.testing.assert_close(plain.sequences_scores, ours.sequences_scores)
     assert len({tuple(r) for r in plain.sequences.tolist()}) > 1
+
+
+# -- the fast dtype: bf16 where the CPU has AMX-BF16, fp32 elsewhere, FLORENCE_VL_DTYPE overrides ------------------
+
+
+@pytest.mark.parametrize("amx, env, want", [
+    (True, None, torch.bfloat16), (False, None, torch.float32), (True, "auto", torch.bfloat16),
+    (True, "fp32", torch.float32), (False, "bf16", torch.bfloat16), (False, "bfloat16", torch.bfloat16),
+    (True, "float16", torch.float16), (False, " FP32 ", torch.float32)])
+def test_fast_dtype_follows_the_cpu_unless_overridden(monkeypatch, amx, env, want):
+    from florence_vl.florence2 import speed
+
+    monkeypatch.setattr(speed, "cpu_has_amx_bf16", lambda: amx)
+    if env is None:
+        monkeypatch.delenv("FLORENCE_VL_DTYPE", raising=False)
+    else:
+        monkeypatch.setenv("FLORENCE_VL_DTYPE", env)
+    assert speed.fast_dtype() == want
+
+
+def test_fast_dtype_rejects_unknown_names(monkeypatch):
+    from florence_vl.florence2 import speed
+
+    monkeypatch.setenv("FLORENCE_VL_DTYPE", "int4")
+    with pytest.raises(ValueError, match="FLORENCE_VL_DTYPE"):
+        speed.fast_dtype()
+
+
+@pytest.mark.parametrize("caps, want", [
+    ({"amx_bf16": True, "amx_tile": True}, True), ({"amx_bf16": False, "amx_tile": True}, False),
+    ({"avx512_bf16": True}, False), (AttributeError, False)])
+def test_amx_detection_reads_torch_cpu_capabilities(monkeypatch, caps, want):
+    from florence_vl.florence2 import speed
+
+    def capabilities():
+        if caps is AttributeError:
+            raise AttributeError("old torch")
+        return caps
+
+    monkeypatch.setattr(torch.cpu, "get_capabilities", capabilities)
+    monkeypatch.setattr(torch.cpu, "_init_amx", lambda: True, raising=False)
+    assert speed.cpu_has_amx_bf16() is want
+
+
+def test_amx_detection_needs_the_os_to_allow_the_tiles(monkeypatch):
+    from florence_vl.florence2 import speed
+
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": True, "amx_tile": True})
+    monkeypatch.setattr(torch.cpu, "_init_amx", lambda: False, raising=False)
+    assert speed.cpu_has_amx_bf16() is False
+
+
+# -- the bf16 fast path: packed text weights and the suppress mask change nothing -------------------------------------
+
+
+def test_suppress_mask_equals_transformers_processor():
+    from transformers.generation.logits_process import SuppressTokensLogitsProcessor
+
+    from florence_vl.florence2.runner import SuppressMask
+
+    scores = torch.randn(6, 50)
+    ids = [0, 3, 7, 49, 12, 3, 60]                       # a duplicate and one past the vocabulary
+    want = SuppressTokensLogitsProcessor(ids)(None, scores.clone())
+    got = SuppressMask(ids, 50)(None, scores.clone())
+    assert torch.equal(got, want)
+
+
+def test_bf16_fast_runner_packs_the_text_model_and_keeps_its_outputs(tiny_florence2):
+    from florence_vl.packed_linear import PackedLinear, can_pack
+
+    if not can_pack():
+        pytest.skip("no oneDNN linear packing in this torch")
+    packed, how = fast_florence2(tiny_florence2, dtype=torch.bfloat16)
+    plain, _ = fast_florence2(tiny_florence2, dtype=torch.bfloat16, pack=False)
+    assert "pre-packed" in how and isinstance(packed.model.lm_head, PackedLinear)
+    assert not any(isinstance(m, PackedLinear) for m in plain.model.modules())
+    assert not any(isinstance(m, PackedLinear) for m in tiny_florence2.model.modules())  # the original untouched
+    options = dict(num_beams=3, max_new_tokens=12, batch_size=len(REQUESTS))
+    got, want = packed.run_requests(REQUESTS, **options), plain.run_requests(REQUESTS, **options)
+    assert [r.text for r in got] == [r.text for r in want]
+
+
+def od_agreement(got, want) -> float:
+    """Mean over the reference's boxes of the best IoU with a box of the same label in `got`."""
+    from florence_vl.eval.metrics import box_iou
+
+    ious = []
+    for g, w in zip(got, want):
+        for box, label in zip(w.output["bboxes"], w.output["labels"]):
+            ious.append(max([box_iou(box, b) for b, lab in zip(g.output["bboxes"], g.output["labels"])
+                             if lab == label], default=0.0))
+    return sum(ious) / max(1, len(ious))
+
+
+def test_nano_model_in_bf16_answers_like_fp32():
+    """The shipped nano Florence-2 on the fast bf16 path (packed weights) against fp32: the same captions for most
+    test images, and boxes that overlap fp32's (bf16 keeps 8 bits of mantissa: a location bin often moves, the
+    nano model's location distributions being flat; measured 8/8 captions equal, docs/performance.md)."""
+    from florence_vl.data.world import iter_scenes
+    from florence_vl.florence2.runner import Florence2
+
+    nano = Florence2.from_pretrained("nano", dtype=torch.float32)
+    fast, _ = fast_florence2(nano, dtype=torch.bfloat16)
+    scenes = [s.image for s in iter_scenes("test", n=8)]
+    options = dict(num_beams=3, max_new_tokens=40)
+    want, got = nano.run(scenes, "<CAPTION>", **options), fast.run(scenes, "<CAPTION>", **options)
+    assert sum(a.text == b.text for a, b in zip(got, want)) >= 6
+    want, got = nano.run(scenes, "<OD>", **options), fast.run(scenes, "<OD>", **options)
+    assert od_agreement(got, want) > 0.6

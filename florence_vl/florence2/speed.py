@@ -2,12 +2,11 @@
 
 `fast_florence2(florence)` returns a Florence2 runner set up for speed:
 * dtype: the compute dtype that is fastest on this CPU (see `fast_dtype`): matmul throughput decides, because
-  DaViT and the text encoder are compute-bound;
-* channels-last convolution weights: DaViT's blocks already hold their activations channels-last (the NCHW
-  views of its (B, HW, C) tensors), so the patch-embedding convs then write NHWC directly and the LayerNorms
-  around them read contiguous rows instead of copying;
+  DaViT and the text encoder are compute-bound. Here that is fp32 (bf16 matmuls run at half its rate);
+* channels-last convolution weights: harmless and measured to change nothing at 768 px (DaViT's blocks already
+  hold NHWC activations, the NCHW views of its (B, HW, C) tensors);
 * optionally `torch.compile` of the vision tower + projector (inductor, static shapes, weights frozen into the
-  graph): it fuses the memory-bound work between the matmuls (adds, LayerNorm, GELU, window partitions).
+  graph): measured 5% faster in fp32 for 79 s of compilation per input shape, so it is off by default.
 Outputs stay those of the eager model within float tolerance (tests/test_speed.py).
 """
 
@@ -20,12 +19,35 @@ import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 
+_NAMES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
+
+
+def cpu_has_amx_bf16() -> bool:
+    """True when this CPU has AMX tiles with bf16 (Sapphire Rapids and later Xeons) and the OS lets torch use
+    them: then oneDNN's bf16 matmuls run at ~4x the fp32 rate (docs/performance.md). False where torch cannot
+    tell (older torch, other architectures)."""
+    try:
+        caps = torch.cpu.get_capabilities()
+        return bool(caps.get("amx_bf16")) and bool(caps.get("amx_tile")) and bool(torch.cpu._init_amx())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def fast_dtype() -> torch.dtype:
-    """fp32 unless FLORENCE_VL_DTYPE says otherwise. Measured on the AVX512-BF16 Xeon (no AMX) this project runs
-    on, bf16 matmuls reach about half the fp32 rate and fp16 eager takes slow paths (docs/performance.md)."""
-    name = os.environ.get("FLORENCE_VL_DTYPE", "fp32").lower()
-    return {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-            "fp16": torch.float16, "float16": torch.float16}[name]
+    """The compute dtype that is fastest on this CPU for compute-bound work (DaViT, the text encoder, prefill).
+
+    FLORENCE_VL_DTYPE (fp32, bf16, fp16) overrides it; "auto" or unset decides by the CPU: bf16 where it has
+    AMX-BF16 (oneDNN's AMX kernels: 2048^3 matmul 858 bf16 vs 219 fp32 GFLOP/s measured on this project's Xeon),
+    fp32 elsewhere (with AVX512-BF16 alone bf16 matmuls reach only about half the fp32 rate; on AVX2 far less;
+    fp16 eager takes slow paths without AMX-FP16)."""
+    name = os.environ.get("FLORENCE_VL_DTYPE", "auto").strip().lower()
+    if name in ("", "auto"):
+        return torch.bfloat16 if cpu_has_amx_bf16() and torch.backends.mkldnn.is_available() else torch.float32
+    try:
+        return _NAMES[name]
+    except KeyError:
+        raise ValueError(f"FLORENCE_VL_DTYPE={name!r}: expected auto, {', '.join(_NAMES)}") from None
 
 
 def channels_last(model) -> None:
@@ -54,9 +76,33 @@ def compile_vision(model, *, freezing: bool = True, dynamic: bool = False) -> No
     inner.get_image_features = get_image_features
 
 
+def pack_weights(model, dtype: torch.dtype = torch.bfloat16, *, vision: bool = False) -> int:
+    """Pre-pack the text encoder's, decoder's and LM head's `dtype` Linear weights for oneDNN
+    (florence_vl/packed_linear.py): F.linear re-lays out a bf16 weight on every call, which costs the decoder, whose
+    steps read all its weights for a few rows, about half its time. The LM head, tied to the embedding, gets its own
+    packed copy (the embedding keeps the plain one). `vision`: DaViT's and the projector's too. Inference only:
+    packed layers have no gradients and no state_dict entries. Returns how many layers were packed."""
+    from ..packed_linear import PackedLinear, pack_linear_weights
+
+    inner = model.model
+    count = pack_linear_weights(inner.language_model, dtype, tied=True)
+    head = model.get_output_embeddings()
+    if type(head) is torch.nn.Linear and head.weight.dtype == dtype:
+        model.lm_head = PackedLinear(head)
+        count += 1
+    if vision:
+        count += pack_linear_weights(inner.vision_tower, dtype, tied=True)
+        count += pack_linear_weights(inner.multi_modal_projector, dtype, tied=True)
+    return count
+
+
 def fast_florence2(florence, *, copy: bool = True, dtype: torch.dtype | None = None, compile: bool = False,
-                   vision_batch_size: int | None = None):
-    """(runner, description): `florence` (or a deep copy of it) converted for fast inference."""
+                   vision_batch_size: int | None = None, pack: bool | None = None, channels_last_convs: bool = False):
+    """(runner, description): `florence` (or a deep copy of it) converted for fast inference.
+
+    `pack` (default: when the dtype is bf16 and oneDNN can): pre-pack the text model's Linear weights
+    (`pack_weights`); the result is then for inference only (see there), which is why `copy` is the default."""
+    from ..packed_linear import can_pack
     from .runner import Florence2
 
     if copy:
@@ -68,11 +114,17 @@ def fast_florence2(florence, *, copy: bool = True, dtype: torch.dtype | None = N
         runner, model = florence, florence.model
     dtype = dtype or fast_dtype()
     model.to(dtype)
-    channels_last(model)
+    if channels_last_convs:
+        channels_last(model)
+    if pack is None:
+        pack = dtype == torch.bfloat16 and can_pack()
+    packed = pack_weights(model, dtype) if pack else 0
     if compile:
         compile_vision(model)
     if vision_batch_size:
         runner.vision_batch_size = vision_batch_size
-    how = (f"{str(dtype).replace('torch.', '')}, channels-last convs, {'compiled' if compile else 'eager'} "
-           f"vision, DaViT {runner.vision_batch_size} image(s) per call")
+    how = (f"{str(dtype).replace('torch.', '')}{', channels-last convs' if channels_last_convs else ''}, "
+           f"{'compiled' if compile else 'eager'} "
+           f"vision, DaViT {runner.vision_batch_size} image(s) per call"
+           + (f", {packed} text Linear weights pre-packed" if packed else ""))
     return runner, how
