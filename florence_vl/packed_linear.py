@@ -41,6 +41,16 @@ def can_pack() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
 
 
+def packing_pays() -> bool:
+    """Whether pre-packing speeds up bf16 decoding on this CPU. Measured (docs/performance.md, Phi-3.5-mini
+    geometry, 8 layers): on an AVX512-BF16 CPU without AMX plain F.linear streamed the weights at 48% of the
+    bandwidth bound and packed ones at 87%; on the same Xeon with AMX-BF16 exposed, plain F.linear reaches 63% and
+    the packed layout only 43%, so there it does not pay."""
+    from .florence2.speed import cpu_has_amx_bf16
+
+    return can_pack() and not cpu_has_amx_bf16()
+
+
 def pack_linear_weights(module: nn.Module, dtype: torch.dtype = torch.bfloat16, *, tied: bool = False,
                         batch_size: int | None = 1) -> int:
     """Replace, in place, every CPU nn.Linear of `dtype` under `module` by a PackedLinear; returns how many.

@@ -50,6 +50,24 @@ def test_florence_vl_pack_weights_keeps_the_answers(tiny_florence2):
     vl.model.llm.to(torch.bfloat16)
     image = Image.new("RGB", (70, 50), (200, 40, 40))
     before = [vl.chat(image, q, max_new_tokens=8) for q in ("How many shapes are there?", "What color is the star?")]
-    assert vl.pack_weights() > 0
+    assert vl.pack_weights(force=True) > 0
     assert [vl.chat(image, q, max_new_tokens=8) for q in ("How many shapes are there?", "What color is the star?")] \
         == before
+
+
+def test_pack_weights_only_where_it_pays(tiny_florence2, monkeypatch):
+    """On AMX CPUs plain F.linear decodes faster than packed weights (docs/performance.md): nothing is packed
+    unless forced; elsewhere pack_weights packs."""
+    from vl_tiny import tiny_vl
+
+    from florence_vl import packed_linear
+
+    if not can_pack():
+        pytest.skip("no oneDNN linear packing in this torch")
+    vl = tiny_vl(tiny_florence2, "phi3")
+    vl.model.llm.to(torch.bfloat16)
+    monkeypatch.setattr(packed_linear, "packing_pays", lambda: False)
+    assert vl.pack_weights() == 0
+    assert not any(isinstance(m, PackedLinear) for m in vl.model.llm.modules())
+    monkeypatch.setattr(packed_linear, "packing_pays", lambda: True)
+    assert vl.pack_weights() > 0

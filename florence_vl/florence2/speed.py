@@ -2,11 +2,13 @@
 
 `fast_florence2(florence)` returns a Florence2 runner set up for speed:
 * dtype: the compute dtype that is fastest on this CPU (see `fast_dtype`): matmul throughput decides, because
-  DaViT and the text encoder are compute-bound. Here that is fp32 (bf16 matmuls run at half its rate);
-* channels-last convolution weights: harmless and measured to change nothing at 768 px (DaViT's blocks already
-  hold NHWC activations, the NCHW views of its (B, HW, C) tensors);
+  DaViT and the text encoder are compute-bound. bf16 where the CPU has AMX-BF16 (measured ~3x the fp32 rate on
+  this project's Xeon), fp32 elsewhere (without AMX bf16 matmuls ran at half the fp32 rate);
+* in bf16, the text encoder's, decoder's and LM head's Linear weights pre-packed for oneDNN (`pack_weights`);
+* channels-last convolution weights only on request (`channels_last_convs`): measured to change nothing at 768 px
+  in fp32 or bf16 (DaViT's blocks already hold NHWC activations, the NCHW views of its (B, HW, C) tensors);
 * optionally `torch.compile` of the vision tower + projector (inductor, static shapes, weights frozen into the
-  graph): measured 5% faster in fp32 for 79 s of compilation per input shape, so it is off by default.
+  graph): bf16 DaViT 1.37 -> 1.21 s for 23 s of compilation per input shape, so it is off by default.
 Outputs stay those of the eager model within float tolerance (tests/test_speed.py).
 """
 

@@ -69,12 +69,15 @@ class FlorenceVL:
         return dict(dict(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, pad_token_id=pad,
                          eos_token_id=self.processor.stop_token_ids()), **options)
 
-    def pack_weights(self) -> int:
-        """Pre-pack the LLM's bf16 Linear weights for oneDNN (CPU inference only; florence_vl/packed_linear.py):
-        decoding streams the weights once per token instead of re-packing them, ~1.8x faster at Phi-3.5-mini width
-        on this project's CPU (docs/performance.md). Same tokens. Returns how many layers were packed."""
-        from ..packed_linear import pack_linear_weights
+    def pack_weights(self, force: bool = False) -> int:
+        """Pre-pack the LLM's bf16 Linear weights for oneDNN (CPU inference only; florence_vl/packed_linear.py)
+        where that pays (`packing_pays`: CPUs without AMX, where decoding then streams the weights once per token
+        instead of re-packing them, ~1.8x faster at Phi-3.5-mini width); on AMX CPUs plain F.linear is faster and
+        nothing is packed unless `force`. Returns how many layers were packed (docs/performance.md)."""
+        from ..packed_linear import pack_linear_weights, packing_pays
 
+        if not (force or packing_pays()):
+            return 0
         self.prefix_cache.clear()
         return pack_linear_weights(self.model.llm)
 
