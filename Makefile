@@ -6,7 +6,7 @@ MODEL ?= nano
 TASK ?= OD
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install browser demo test bench bench-full bench-serve bench-chat nano nano-long ship-nano eval-nano vl-nano clean
+.PHONY: install browser demo test bench bench-full bench-serve bench-chat nano nano-long nano-loc ship-nano eval-nano vl-nano clean
 
 $(BIN)/florence-vl: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -40,8 +40,8 @@ test: install browser
 
 # The nano lineage from scratch: UniCL-nano, then Florence-2-nano with its DaViT initialised from UniCL-nano,
 # then the evaluation on test and test-novel (~12 + ~40 + ~10 minutes on the 2-core CPU; docs/nano.md).
-# `make nano-long` then goes on to 2,800 steps (a warm restart of the cosine; ~40 more minutes): the shipped
-# Florence-2-nano. `make ship-nano` copies runs/*/model into models/nano/.
+# `make nano-long` then goes on to 2,800 steps (a warm restart of the cosine; ~40 more minutes): stage 1, which
+# `make nano-loc` continues. `make ship-nano` copies runs/*/model into models/nano/ (bf16 storage).
 nano: install
 	$(BIN)/florence-vl train unicl configs/unicl-nano.yaml
 	$(BIN)/florence-vl train florence2 configs/florence2-nano.yaml
@@ -50,6 +50,13 @@ nano: install
 nano-long: nano
 	$(BIN)/florence-vl train florence2 configs/florence2-nano.yaml --steps 2800
 	$(MAKE) eval-nano NANO_MODEL=runs/florence2-nano/model
+
+# Stage 2 of Florence-2-nano, localisation (configs/florence2-nano-loc.yaml, from runs/florence2-nano/model):
+# the shipped model. `make nano-loc` runs stage 1 first if it is not there.
+nano-loc: install
+	test -f runs/florence2-nano/model/config.json || $(MAKE) nano-long
+	$(BIN)/florence-vl train florence2 configs/florence2-nano-loc.yaml
+	$(MAKE) eval-nano NANO_MODEL=runs/florence2-nano-loc/model
 
 PARTS ?= unicl,florence2
 ship-nano: install

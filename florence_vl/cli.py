@@ -33,8 +33,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-pickle", action="store_true",
                    help="allow a pytorch_model.bin (pickle) checkpoint; only for files you trust")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
-    p.add_argument("--beams", type=int, default=3, help="beam width; 1 = greedy (default: 3)")
-    p.add_argument("--max-new-tokens", type=int, default=1024, help="generation limit (default: 1024)")
+    p.add_argument("--beams", type=int, default=3, help="beam width; 1 = greedy (default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=1024, help="generation limit (default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", required=True, help="output file")
     _add_model_options(predict)
     predict.set_defaults(beams=None, max_new_tokens=None)
+    for action in predict._actions:  # their defaults depend on the job (the description says which)
+        if action.dest in ("beams", "max_new_tokens"):
+            action.help = action.help.replace("%(default)s", "see above")
 
     serve = sub.add_parser("serve", help="serve Florence-2 tasks and Florence-VL chat over HTTP (JSON API, "
                            "OpenAI chat API, web page), batching requests from many clients",
