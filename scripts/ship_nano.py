@@ -16,7 +16,6 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from florence_vl.florence2.checkpoint import store_as
 
@@ -47,10 +46,7 @@ def main() -> None:
 
     if "unicl" in parts:
         copy_dir(Path(args.unicl), nano / "unicl")
-        weights = nano / "unicl" / "model.safetensors"
-        state = load_file(str(weights))
-        save_file({k: v.bfloat16() if v.is_floating_point() else v for k, v in state.items()}, str(weights),
-                  metadata={"format": "pt", "model_type": "unicl", "stored_dtype": "bfloat16"})
+        store_as(nano / "unicl" / "model.safetensors", torch.bfloat16)  # keeps its "model_type": "unicl" metadata
     if "florence2" in parts:
         copy_dir(Path(args.florence2), nano / "florence2")
         store_as(nano / "florence2" / "model.safetensors", torch.bfloat16)
