@@ -16,13 +16,11 @@ from torch import nn
 
 
 class PackedLinear(nn.Module):
-    def __init__(self, linear: nn.Linear, batch_size: int | None = 1):
-        """`batch_size`: the rows per call the blocked layout is chosen for (1: decoding; None: oneDNN's
-        default, for layers fed many rows at a time, e.g. DaViT's tokens)."""
+    def __init__(self, linear: nn.Linear):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         weight = linear.weight.detach()
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, batch_size)
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, 1)
         self.bias = None if linear.bias is None else linear.bias.detach()
         self.dtype = weight.dtype
 
@@ -51,8 +49,7 @@ def packing_pays() -> bool:
     return can_pack() and not cpu_has_amx_bf16()
 
 
-def pack_linear_weights(module: nn.Module, dtype: torch.dtype = torch.bfloat16, *, tied: bool = False,
-                        batch_size: int | None = 1) -> int:
+def pack_linear_weights(module: nn.Module, dtype: torch.dtype = torch.bfloat16, *, tied: bool = False) -> int:
     """Replace, in place, every CPU nn.Linear of `dtype` under `module` by a PackedLinear; returns how many.
     Layers whose weight is shared with another module (tied embeddings) stay as they are unless `tied`: then the
     layer gets a packed copy (the embedding keeps the plain weight; one more copy of the matrix in memory, and
@@ -67,5 +64,5 @@ def pack_linear_weights(module: nn.Module, dtype: torch.dtype = torch.bfloat16, 
                and (tied or counts.get(id(child.weight), 0) == 1)]
     for name, child in targets:
         parent_name, _, leaf = name.rpartition(".")
-        setattr(module.get_submodule(parent_name) if parent_name else module, leaf, PackedLinear(child, batch_size))
+        setattr(module.get_submodule(parent_name) if parent_name else module, leaf, PackedLinear(child))
     return len(targets)

@@ -78,11 +78,11 @@ def compile_vision(model, *, freezing: bool = True, dynamic: bool = False) -> No
     inner.get_image_features = get_image_features
 
 
-def pack_weights(model, dtype: torch.dtype = torch.bfloat16, *, vision: bool = False) -> int:
+def pack_weights(model, dtype: torch.dtype = torch.bfloat16) -> int:
     """Pre-pack the text encoder's, decoder's and LM head's `dtype` Linear weights for oneDNN
     (florence_vl/packed_linear.py): F.linear re-lays out a bf16 weight on every call, which costs the decoder, whose
     steps read all its weights for a few rows, about half its time. The LM head, tied to the embedding, gets its own
-    packed copy (the embedding keeps the plain one). `vision`: DaViT's and the projector's too. Inference only:
+    packed copy (the embedding keeps the plain one). Inference only:
     packed layers have no gradients and no state_dict entries. Returns how many layers were packed."""
     from ..packed_linear import PackedLinear, pack_linear_weights
 
@@ -92,9 +92,6 @@ def pack_weights(model, dtype: torch.dtype = torch.bfloat16, *, vision: bool = F
     if type(head) is torch.nn.Linear and head.weight.dtype == dtype:
         model.lm_head = PackedLinear(head)
         count += 1
-    if vision:
-        count += pack_linear_weights(inner.vision_tower, dtype, tied=True)
-        count += pack_linear_weights(inner.multi_modal_projector, dtype, tied=True)
     return count
 
 
