@@ -6,7 +6,7 @@ MODEL ?= nano
 TASK ?= OD
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install browser demo test bench bench-full bench-serve bench-chat nano nano-long nano-loc ship-nano eval-nano vl-nano clean
+.PHONY: install browser demo test bench bench-full bench-serve bench-chat nano nano-long nano-loc nano-names ship-nano eval-nano vl-nano clean
 
 $(BIN)/florence-vl: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -57,6 +57,14 @@ nano-loc: install
 	test -f runs/florence2-nano/model/config.json || $(MAKE) nano-long
 	$(BIN)/florence-vl train florence2 configs/florence2-nano-loc.yaml
 	$(MAKE) eval-nano NANO_MODEL=runs/florence2-nano-loc/model
+
+# Then a tower stage (DaViT on labelled object crops, configs/florence2-nano-crops.yaml, ~9 min) and stage 3,
+# names (configs/florence2-nano-names.yaml, ~30 min): the encoder and decoder learn to read the new tower.
+nano-names: install
+	test -f runs/florence2-nano-loc/model/config.json || $(MAKE) nano-loc
+	$(BIN)/florence-vl train crops configs/florence2-nano-crops.yaml
+	$(BIN)/florence-vl train florence2 configs/florence2-nano-names.yaml
+	$(MAKE) eval-nano NANO_MODEL=runs/florence2-nano-names/model
 
 PARTS ?= unicl,florence2
 ship-nano: install

@@ -119,8 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, default=0, help="first scene seed (default: 0)")
 
     train = sub.add_parser("train", help="train a model from a YAML recipe (resumes from its last checkpoint)")
-    train.add_argument("stage", choices=["unicl", "florence2", "vl"],
+    train.add_argument("stage", choices=["unicl", "florence2", "crops", "vl"],
                        help="unicl: UniCL-nano (Florence); florence2: Florence-2-nano (DaViT from UniCL-nano); "
+                       "crops: a Florence-2 checkpoint's DaViT on labelled object crops (shape and colour); "
                        "vl: Florence-VL-nano (nano LLM, stage 1, stage 2)")
     train.add_argument("config", help="YAML recipe, e.g. configs/unicl-nano.yaml or configs/florence2-nano.yaml")
     train.add_argument("--out", help="output directory (overrides out_dir of the recipe)")
@@ -325,6 +326,8 @@ def cmd_train(args) -> int:
         from .train.vl import VLRecipe as Recipe, run
     elif args.stage == "unicl":
         from .florence.train import UniCLRecipe as Recipe, run
+    elif args.stage == "crops":
+        from .train.object_crops import ObjectCropRecipe as Recipe, run
     else:
         from .train.florence2 import Florence2Recipe as Recipe, run
 
