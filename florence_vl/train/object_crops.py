@@ -14,6 +14,8 @@ whole checkpoint back with the new tower, for the next Florence-2 stage to adapt
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -124,8 +126,6 @@ def crop_accuracy(model: TowerWithLabelHead, batch: dict) -> dict:
 
 def run(recipe: ObjectCropRecipe, *, progress: bool = True) -> Path:
     """Train the DaViT of `init_from` on object crops; writes the whole Florence-2 checkpoint to out_dir/model."""
-    import json
-
     from tqdm.auto import tqdm
 
     from ..models import resolve_model
@@ -136,7 +136,7 @@ def run(recipe: ObjectCropRecipe, *, progress: bool = True) -> Path:
     torch.manual_seed(recipe.loop.seed)
     model = TowerWithLabelHead(bundle.model.model.vision_tower, bundle.model.config.vision_config.embed_dim[-1])
     model.train()
-    held_out = CropBatches(ObjectCropRecipe.from_dict({**recipe.to_dict(), "crops_per_step": 600}), "val")(0)
+    held_out = CropBatches(dataclasses.replace(recipe, crops_per_step=600), "val")(0)
 
     def on_checkpoint(step: int, trained) -> None:
         record = {"step": step, **crop_accuracy(trained, held_out)}
