@@ -14,10 +14,9 @@ whole checkpoint back with the new tower, for the next Florence-2 stage to adapt
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -52,9 +51,6 @@ class ObjectCropRecipe:
         if "margin" in data:
             data["margin"] = tuple(data["margin"])
         return cls(loop=loop, **data)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def object_crops(first_scene: int, split: str, n: int, recipe: ObjectCropRecipe) -> tuple[list, list[int], list[int]]:
@@ -136,7 +132,7 @@ def run(recipe: ObjectCropRecipe, *, progress: bool = True) -> Path:
     torch.manual_seed(recipe.loop.seed)
     model = TowerWithLabelHead(bundle.model.model.vision_tower, bundle.model.config.vision_config.embed_dim[-1])
     model.train()
-    held_out = CropBatches(dataclasses.replace(recipe, crops_per_step=600), "val")(0)
+    held_out = CropBatches(replace(recipe, crops_per_step=600), "val")(0)
 
     def on_checkpoint(step: int, trained) -> None:
         record = {"step": step, **crop_accuracy(trained, held_out)}
