@@ -11,6 +11,8 @@ Inference only: a PackedLinear has no autograd and its weight is an opaque oneDN
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -20,6 +22,9 @@ class PackedLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         weight = linear.weight.detach()
+        if not can_pack(weight.dtype):
+            raise RuntimeError(f"oneDNN cannot pack {weight.dtype} Linear weights on this CPU (bf16 packing needs "
+                               "AVX512-BW/VL/DQ or AVX-NE-CONVERT); use the plain nn.Linear")
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, 1)
         self.bias = None if linear.bias is None else linear.bias.detach()
         self.dtype = weight.dtype
@@ -35,8 +40,20 @@ class PackedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, packed"
 
 
-def can_pack() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+@functools.lru_cache(maxsize=None)
+def can_pack(dtype: torch.dtype = torch.bfloat16) -> bool:
+    """Whether oneDNN can pack `dtype` Linear weights here. Having the op is not enough: on AVX2-only CPUs torch's
+    bf16 reorder raises ("bf16 path needs the cpu support avx_ne_convert or avx512bw, avx512vl and avx512dq"), so
+    pack one tiny layer and see."""
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
+        return False
+    try:
+        weight = torch.ones(8, 8, dtype=dtype)
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight, 1)
+        out = torch.ops.mkldnn._linear_pointwise(torch.ones(1, 8, dtype=dtype), packed, None, "none", [], "")
+        return bool(torch.equal(out, torch.full((1, 8), 8.0, dtype=dtype)))
+    except RuntimeError:
+        return False
 
 
 def packing_pays() -> bool:
@@ -46,15 +63,16 @@ def packing_pays() -> bool:
     the packed layout only 43%, so there it does not pay."""
     from .florence2.speed import cpu_has_amx_bf16
 
-    return can_pack() and not cpu_has_amx_bf16()
+    return can_pack(torch.bfloat16) and not cpu_has_amx_bf16()
 
 
 def pack_linear_weights(module: nn.Module, dtype: torch.dtype = torch.bfloat16, *, tied: bool = False) -> int:
     """Replace, in place, every CPU nn.Linear of `dtype` under `module` by a PackedLinear; returns how many.
     Layers whose weight is shared with another module (tied embeddings) stay as they are unless `tied`: then the
     layer gets a packed copy (the embedding keeps the plain weight; one more copy of the matrix in memory, and
-    the tie is gone for training, so for inference-only copies of a model)."""
-    if not can_pack():
+    the tie is gone for training, so for inference-only copies of a model). Packs nothing (returns 0) where oneDNN
+    cannot pack `dtype` on this CPU (`can_pack`): the model then keeps plain F.linear, with the same results."""
+    if not can_pack(dtype):
         return 0
     counts: dict[int, int] = {}
     for _, p in module.named_parameters(remove_duplicate=False):

@@ -25,8 +25,10 @@ def test_vision_in_chunks_equals_one_call(tiny_florence2):
     assert [r.text for r in whole] == [r.text for r in chunked]
     pixels = tiny_florence2.encode([tiny_florence2._prepare(i, r) for i, r in enumerate(REQUESTS)])["pixel_values"]
     with torch.inference_mode():
+        # fp32, but oneDNN picks its kernels by batch size: on AVX2-only CPUs 2 images and 8 differ by ~2e-5
         torch.testing.assert_close(tiny_florence2.image_features(pixels, 2),
-                                   tiny_florence2.model.model.get_image_features(pixels).pooler_output)
+                                   tiny_florence2.model.model.get_image_features(pixels).pooler_output,
+                                   atol=1e-4, rtol=1e-4)
 
 
 def test_channels_last_changes_nothing(tiny_florence2):
@@ -151,10 +153,10 @@ def test_suppress_mask_equals_transformers_processor():
 def test_bf16_fast_runner_packs_the_text_model_and_keeps_its_outputs(tiny_florence2):
     from florence_vl.packed_linear import PackedLinear, can_pack
 
-    assert can_pack(), "the pinned torch (pyproject.toml) has oneDNN linear packing; this one does not"
     packed, how = fast_florence2(tiny_florence2, dtype=torch.bfloat16)
     plain, _ = fast_florence2(tiny_florence2, dtype=torch.bfloat16, pack=False)
-    assert "pre-packed" in how and isinstance(packed.model.lm_head, PackedLinear)
+    # AVX2-only CPUs cannot pack bf16 (tests/test_packed_linear.py): there the fast runner stays plain
+    assert ("pre-packed" in how) == isinstance(packed.model.lm_head, PackedLinear) == can_pack(torch.bfloat16)
     assert not any(isinstance(m, PackedLinear) for m in plain.model.modules())
     assert not any(isinstance(m, PackedLinear) for m in tiny_florence2.model.modules())  # the original untouched
     options = dict(num_beams=3, max_new_tokens=12, batch_size=len(REQUESTS))

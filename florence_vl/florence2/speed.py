@@ -84,12 +84,12 @@ def pack_weights(model, dtype: torch.dtype = torch.bfloat16) -> int:
     steps read all its weights for a few rows, about half its time. The LM head, tied to the embedding, gets its own
     packed copy (the embedding keeps the plain one). Inference only:
     packed layers have no gradients and no state_dict entries. Returns how many layers were packed."""
-    from ..packed_linear import PackedLinear, pack_linear_weights
+    from ..packed_linear import PackedLinear, can_pack, pack_linear_weights
 
     inner = model.model
     count = pack_linear_weights(inner.language_model, dtype, tied=True)
     head = model.get_output_embeddings()
-    if type(head) is torch.nn.Linear and head.weight.dtype == dtype:
+    if type(head) is torch.nn.Linear and head.weight.dtype == dtype and can_pack(dtype):
         model.lm_head = PackedLinear(head)
         count += 1
     return count
@@ -116,7 +116,7 @@ def fast_florence2(florence, *, copy: bool = True, dtype: torch.dtype | None = N
     if channels_last_convs:
         channels_last(model)
     if pack is None:
-        pack = dtype == torch.bfloat16 and can_pack()
+        pack = dtype == torch.bfloat16 and can_pack(dtype)
     packed = pack_weights(model, dtype) if pack else 0
     if compile:
         compile_vision(model)
