@@ -4,7 +4,10 @@
 * dtype: the compute dtype that is fastest on this CPU (see `fast_dtype`): matmul throughput decides, because
   DaViT and the text encoder are compute-bound. bf16 where the CPU has AMX-BF16 (measured ~3x the fp32 rate on
   this project's Xeon), fp32 elsewhere (without AMX bf16 matmuls ran at half the fp32 rate);
-* in bf16, the text encoder's, decoder's and LM head's Linear weights pre-packed for oneDNN (`pack_weights`);
+* DaViT's convolutions and channel attentions in their copy-free forms (`fast_davit.use_fast_davit`: NHWC kept
+  through every block, also for a single image; channel attention on qkv^T without strided copies);
+* in bf16, the text encoder's, decoder's and LM head's Linear weights pre-packed for oneDNN (`pack_weights`), and
+  DaViT's window-attention and MLP weights, with the GELU fused into fc1 (`fast_davit.pack_vision_weights`);
 * channels-last convolution weights only on request (`channels_last_convs`): measured to change nothing at 768 px
   in fp32 or bf16 (DaViT's blocks already hold NHWC activations, the NCHW views of its (B, HW, C) tensors);
 * optionally `torch.compile` of the vision tower + projector (inductor, static shapes, weights frozen into the
@@ -100,8 +103,10 @@ def fast_florence2(florence, *, copy: bool = True, dtype: torch.dtype | None = N
     """(runner, description): `florence` (or a deep copy of it) converted for fast inference.
 
     `pack` (default: when the dtype is bf16 and oneDNN can): pre-pack the text model's Linear weights
-    (`pack_weights`); the result is then for inference only (see there), which is why `copy` is the default."""
+    (`pack_weights`) and DaViT's (`fast_davit.pack_vision_weights`); the result is then for inference only (see
+    there), which is why `copy` is the default."""
     from ..packed_linear import can_pack
+    from .fast_davit import pack_vision_weights, use_fast_davit
     from .runner import Florence2
 
     if copy:
@@ -113,17 +118,19 @@ def fast_florence2(florence, *, copy: bool = True, dtype: torch.dtype | None = N
         runner, model = florence, florence.model
     dtype = dtype or fast_dtype()
     model.to(dtype)
+    use_fast_davit(model)
     if channels_last_convs:
         channels_last(model)
     if pack is None:
         pack = dtype == torch.bfloat16 and can_pack(dtype)
     packed = pack_weights(model, dtype) if pack else 0
+    vision_packed = pack_vision_weights(model.model.vision_tower, dtype) if pack else 0
     if compile:
         compile_vision(model)
     if vision_batch_size:
         runner.vision_batch_size = vision_batch_size
     how = (f"{str(dtype).replace('torch.', '')}{', channels-last convs' if channels_last_convs else ''}, "
            f"{'compiled' if compile else 'eager'} "
-           f"vision, DaViT {runner.vision_batch_size} image(s) per call"
-           + (f", {packed} text Linear weights pre-packed" if packed else ""))
+           f"copy-free DaViT, {runner.vision_batch_size} image(s) per call"
+           + (f", {packed} text and {vision_packed} vision Linear weights pre-packed" if packed else ""))
     return runner, how
