@@ -5,7 +5,8 @@ Reference: transformers' module as it comes (eager, fp32, SDPA attention). Ours:
 below is timed in this one process, best of `repeats`, one image (768 px, --quick 384 px), and its GFLOP/s is
 given against both matmul peaks measured here (fp32 and bf16, nn.Linear layout 2048^3).
 
-Variants (details lines): eager bf16 / fp16, channels-last convs (fp32, bf16), compiled bf16 (first call = compile
+Variants (details lines): eager bf16 / fp16, channels-last convs (fp32, bf16), `fast_davit`'s copy-free forms
+without packing (fp32: what AVX2 CPUs run; bf16), compiled bf16 (first call = compile
 time, with whatever inductor cache the machine has; TORCHINDUCTOR_CACHE_DIR=/fresh/dir for a cold one).
 The row's ratio is ours (the fast dtype: bf16 on AMX CPUs) against the reference in fp32; the details give the
 same-dtype ratio (ours against eager bf16: what the conversion adds beyond the dtype).
@@ -25,12 +26,15 @@ from florence2_batching import build
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def variant(model, dtype: torch.dtype, *, channels_last: bool = False, compile: bool = False):
+def variant(model, dtype: torch.dtype, *, channels_last: bool = False, compile: bool = False, fast: bool = False):
     """(callable pixels -> features, seconds to prepare) on a converted copy of `model`."""
     from florence_vl.florence2 import speed
+    from florence_vl.florence2.fast_davit import use_fast_davit
 
     start = time.perf_counter()
     m = copy.deepcopy(model).to(dtype)
+    if fast:                                   # the copy-free forms alone (no packing): the fp32 path of AVX2 CPUs
+        use_fast_davit(m)
     if channels_last:
         speed.channels_last(m)
     if compile:
@@ -57,14 +61,16 @@ def run(quick: bool = False, repeats: int = 3, variants: str | None = None, verb
     fast, how = fast_florence2(florence)
     chosen = [("ours: " + how, lambda px: fast.image_features(px.to(fast.dtype)), 0.0)]
     table = variants.split(",") if variants else (["eager_bf16", "cl_bf16"] if quick else
-                                                  ["eager_bf16", "eager_fp16", "cl_fp32", "cl_bf16", "compile_bf16"])
+                                                  ["eager_bf16", "eager_fp16", "cl_fp32", "cl_bf16", "fast_fp32",
+                                                   "fast_bf16", "compile_bf16"])
     results = {}
     with torch.inference_mode():
         candidates = [("reference: eager fp32", lambda px: model.model.get_image_features(px).pooler_output, 0.0)]
         candidates += chosen
         for name in table:
             kind, dt = name.split("_")
-            fn, prep = variant(model, DTYPES[dt], channels_last=kind in ("cl", "compile"), compile=kind == "compile")
+            fn, prep = variant(model, DTYPES[dt], channels_last=kind in ("cl", "compile"), compile=kind == "compile",
+                               fast=kind == "fast")
             candidates.append((name, fn, prep))
         for name, fn, prep in candidates:
             start = time.perf_counter()
