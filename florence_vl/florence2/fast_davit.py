@@ -1,7 +1,8 @@
-"""Copy-free forms of two parts of transformers' DaViT (Florence-2's vision tower), for CPU speed.
+"""Faster forms of transformers' DaViT (Florence-2's vision tower) on CPU; measured in docs/performance.md, section 9.
 
-Same parameters, same state_dict, same results within float rounding (tests/test_fast_davit.py); measured in
-docs/performance.md. `speed.fast_florence2` applies them; `use_fast_davit(model)` does it in place.
+1 and 2 (`use_fast_davit`) are copy-free rearrangements: same parameters, same state_dict, same results within
+float rounding, gradients included (tests/test_fast_davit.py). 3 (`pack_vision_weights`) is for inference only.
+`speed.fast_florence2` applies all three.
 
 1. Convolutions on one image. DaViT keeps its activations as (B, H*W, C) and hands the convolutions the
    NCHW view `x.transpose(1, 2).view(B, C, H, W)`: NHWC memory. With B = 1 that view gets a batch stride of C
@@ -58,8 +59,8 @@ class TransposedChannelAttention(Florence2VisionChannelAttention):
 
 
 def use_fast_davit(model: nn.Module) -> int:
-    """Switch, in place, every DaViT depthwise convolution and channel attention under `model` to the forms above
-    (a class change: parameters and state_dict keys stay). Returns how many modules changed."""
+    """Switch, in place, every Conv2d and DaViT channel attention under `model` to the forms 1 and 2 above (a class
+    change: parameters and state_dict keys stay). Returns how many modules changed."""
     changed = 0
     for module in model.modules():
         if type(module) is nn.Conv2d:

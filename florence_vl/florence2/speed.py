@@ -119,7 +119,7 @@ def fast_florence2(florence, *, copy: bool = True, dtype: torch.dtype | None = N
         runner, model = florence, florence.model
     dtype = dtype or fast_dtype()
     model.to(dtype)
-    use_fast_davit(model)
+    use_fast_davit(model.model.vision_tower)
     if channels_last_convs:
         channels_last(model)
     if pack is None:
