@@ -52,8 +52,9 @@ def test_packed_gelu_linear_is_the_linear_then_gelu():
     torch.manual_seed(0)
     linear = torch.nn.Linear(24, 40)
     x = torch.randn(5, 24)
-    if not can_pack(torch.float32):
-        assert pack_vision_weights(torch.nn.Sequential(linear), torch.float32) == 0
+    if not can_pack(torch.float32):           # then PackedLinear refuses clearly instead of packing
+        with pytest.raises(RuntimeError, match="cannot pack"):
+            PackedLinear(linear, activation="gelu")
         return
     with torch.inference_mode():
         torch.testing.assert_close(PackedLinear(linear, activation="gelu")(x), torch.nn.functional.gelu(linear(x)))
@@ -64,7 +65,7 @@ def test_packed_gelu_linear_is_the_linear_then_gelu():
 def test_fast_bf16_vision_is_as_close_to_fp32_as_plain_bf16():
     """On the shipped nano Florence-2 (trained weights; random spread weights make bf16 chaotic): the fast bf16
     vision path, packed where oneDNN can, is as close to fp32 as transformers' modules in bf16 (measured: max
-    relative error 0.0066 for both, 4 test images)."""
+    relative error 0.0066 for both on 4 test images; 2 here)."""
     from florence_vl.data.world import iter_scenes
     from florence_vl.florence2.runner import Florence2, TaskRequest
 

@@ -36,19 +36,20 @@ def test_channels_last_changes_nothing(tiny_florence2):
     assert "channels-last" in how and fast.model is not tiny_florence2.model
     conv = fast.model.model.vision_tower.convs[0].conv.weight
     assert conv.is_contiguous(memory_format=torch.channels_last)
+    # against the same conversion without channels-last weights, so that only the weight layout differs (the
+    # copy-free DaViT forms both have are compared with transformers' in test_fast_davit.py)
+    plain, _ = fast_florence2(tiny_florence2, dtype=torch.float32)
     pixels = torch.randn(2, 3, 64, 64)
     with torch.inference_mode():
-        torch.testing.assert_close(fast.image_features(pixels),
-                                   tiny_florence2.model.model.get_image_features(pixels).pooler_output,
-                                   atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(fast.image_features(pixels), plain.image_features(pixels), atol=1e-5, rtol=1e-4)
     options = dict(num_beams=1, max_new_tokens=12, batch_size=len(REQUESTS))
     assert [r.text for r in fast.run_requests(REQUESTS, **options)] == \
-        [r.text for r in tiny_florence2.run_requests(REQUESTS, **options)]
+        [r.text for r in plain.run_requests(REQUESTS, **options)]
 
 
 def test_fast_path_keeps_the_original_and_gives_its_features(tiny_florence2):
-    """The runner's bf16 conversion keeps the original untouched and gives transformers' image features: exactly
-    in fp32, where the forms of fast_davit are only reorderings; in bf16 their rounding differs from transformers'
+    """The runner's bf16 conversion keeps the original untouched and gives transformers' image features: in fp32
+    within 1e-4 (the forms of fast_davit only reorder the arithmetic); in bf16 their rounding differs from transformers'
     kernels (tests/test_fast_davit.py compares both with fp32 on trained weights)."""
     fast, how = fast_florence2(tiny_florence2, dtype=torch.bfloat16)
     assert fast.dtype == torch.bfloat16 and tiny_florence2.dtype == torch.float32  # the original is untouched
