@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from florence_vl.train.florence2 import Florence2Recipe, WorldBatches, build_model, florence2_loss
 from florence_vl.train.loop import LoopConfig, train
@@ -174,3 +175,34 @@ def test_init_from_continues_a_checkpoint_with_its_tokenizer(tmp_path):
     changed = [k for k in before if not (before[k] == after[k]).all()]
     # trained from the checkpoint (small steps away from it), not from a fresh initialisation
     assert changed and all((before[k] - after[k]).abs().max() < 0.05 for k in before)
+
+
+def test_tower_labels_train_the_tower_beside_the_tasks_and_leave_no_head_in_the_checkpoint(tmp_path):
+    """tower_labels (configs/florence2-nano-names.yaml): each step adds the labelled-object loss of
+    object_crops.py through the same DaViT; the label head trains with it and is not saved."""
+    from safetensors.torch import load_file
+
+    from florence_vl.florence2.checkpoint import load_florence2, make_tiny_checkpoint
+    from florence_vl.florence2.geometry import preset
+    from florence_vl.train.florence2 import TOWER_LABEL_HEAD, WithTowerLabels, make_loss, run
+
+    start = make_tiny_checkpoint(tmp_path / "start", seed=3)
+    labels = {"weight": 0.5, "source": "scenes", "scenes_per_step": 2}
+    recipe = Florence2Recipe(out_dir=str(tmp_path / "names"), geometry="tiny", init_from=str(start),
+                             images_per_step=1, tasks_per_image=1, max_target_tokens=32, tower_labels=labels,
+                             loop=LoopConfig(steps=2, lr=1e-3, warmup_steps=1, save_every=2, precision="no"))
+    bundle = load_florence2(start, dtype=torch.float32)
+    model, size = bundle.model, preset("tiny")["image_size"]
+    plain = make_loss(recipe, bundle.tokenizer)
+    batches = WorldBatches(recipe, bundle.tokenizer, size, model.config.vision_config)
+    both = WithTowerLabels(recipe, batches, plain, model.config.vision_config, size)
+    batch = both(0)
+    assert batch["tower_labels"]["pixel_values"].shape[0] == 2 and len(batch["tower_labels"]["shapes"]) >= 2
+    setattr(model, TOWER_LABEL_HEAD, torch.nn.Linear(model.config.vision_config.embed_dim[-1], 16))
+    with torch.no_grad():
+        assert both.loss(model, batch).item() > plain(model, batch).item() + 0.1  # 0.5 x (~ln 8 + 0.3 ln 8)
+
+    path = run(recipe, progress=False)
+    before, after = load_file(str(start / "model.safetensors")), load_file(str(path / "model.safetensors"))
+    assert before.keys() == after.keys()  # no label head in the checkpoint
+    assert any(not torch.equal(before[k], after[k]) for k in before if "vision_tower" in k)

@@ -60,3 +60,46 @@ def test_a_few_steps_lower_the_loss_and_run_changes_only_the_tower(tmp_path):
     assert changed and all("vision_tower" in k for k in changed)
     assert (tmp_path / "crops" / "log.jsonl").read_text().count("shape_accuracy") == 1
     assert load_florence2(path, dtype=torch.float32).model is not None
+
+
+def test_box_pool_weights_cover_each_box_and_sum_to_one():
+    from florence_vl.train.object_crops import box_pool_weights
+
+    # image 0 (64x64, 4x4 cells of 16 px): a box exactly on cell (row 1, col 2); a box over half of cells
+    # (0, 0) and (0, 1); image 1 (32x64, wide): its left half
+    pool = box_pool_weights([[(32, 16, 48, 32), (8, 0, 24, 16)], [(0, 0, 32, 32)]], [(64, 64), (64, 32)], 4)
+    assert pool.shape == (3, 2 * 16)
+    assert torch.allclose(pool.sum(1), torch.ones(3))
+    assert pool[0, 1 * 4 + 2] == 1.0
+    assert torch.allclose(pool[1, :2], torch.tensor([0.5, 0.5])) and pool[1, 2:].sum() == 0
+    left_half = torch.zeros(4, 4)
+    left_half[:, :2] = 1 / 8
+    assert torch.allclose(pool[2, 16:].view(4, 4), left_half) and pool[2, :16].sum() == 0
+
+
+def test_scene_batches_pool_each_object_from_its_own_tokens(tmp_path):
+    from florence_vl.florence2.checkpoint import load_florence2, make_tiny_checkpoint
+    from florence_vl.florence2.geometry import feature_map_side
+    from florence_vl.train.loop import train
+
+    start = make_tiny_checkpoint(tmp_path / "start", seed=3)
+    model = load_florence2(start, dtype=torch.float32).model
+    recipe = ObjectCropRecipe(out_dir="unused", source="scenes", scenes_per_step=4, scene_size=64)
+    side = feature_map_side(model.config.vision_config, 64)
+    batch = CropBatches(recipe, feature_side=side)(1)
+    assert batch["pixel_values"].shape == (4, 3, 64, 64)
+    assert batch["pool"].shape == (len(batch["shapes"]), 4 * side * side) == (len(batch["colours"]), 4 * side * side)
+    assert len(batch["shapes"]) >= 4 and torch.allclose(batch["pool"].sum(1), torch.ones(len(batch["shapes"])))
+    assert torch.equal(batch["pool"], CropBatches(recipe, feature_side=side)(1)["pool"])
+    probe = TowerWithLabelHead(model.model.vision_tower, model.config.vision_config.embed_dim[-1])
+    loss = CropLoss(recipe.colour_weight)
+    before = loss(probe, batch).item()
+    train(probe, lambda step: batch, loss, LoopConfig(steps=25, lr=3e-3, warmup_steps=2, precision="no",
+                                                      save_every=1000), tmp_path / "fit", progress=False)
+    assert loss(probe, batch).item() < 0.7 * before
+    try:
+        ObjectCropRecipe.from_dict({"out_dir": "x", "source": "scene"})
+    except ValueError as error:
+        assert "crops" in str(error)
+    else:
+        raise AssertionError("a bad source was accepted")

@@ -22,7 +22,7 @@ from transformers.models.bart.modeling_bart import shift_tokens_right
 
 from ..data.world import florence2_examples, generate_scene, iter_scenes
 from ..florence2.checkpoint import Florence2Bundle, save_florence2
-from ..florence2.geometry import florence2_config, image_processor, num_image_tokens
+from ..florence2.geometry import feature_map_side, florence2_config, image_processor, num_image_tokens
 from ..florence2.runner import encoder_rows
 from ..florence2.special_tokens import train_bart_tokenizer
 from .loop import LoopConfig, train
@@ -60,6 +60,10 @@ class Florence2Recipe:
     smooth_location_init: bool = False  # <loc_k> embeddings start as smooth functions of k (ordinal_locations.py)
     location_label_sigma: float = 0.0   # >0: <loc_k> labels become a Gaussian of this many bins
     probe_scenes: int = 0               # >0: log the image reliance on this many held-out scenes at each save
+    # Non-empty: every step also trains the tower on labelled objects (object_crops.py), this dict's fields of an
+    # ObjectCropRecipe (source, scenes_per_step, crops_per_step, ...) plus "weight" on that loss, through a label
+    # head that is not saved; so that a tower taught shapes keeps them while the decoder learns to name them.
+    tower_labels: dict = field(default_factory=dict)
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=2000))
 
     def task_weights_at(self, step: int) -> dict:
@@ -207,6 +211,35 @@ class Florence2Loss:
 
 florence2_loss = Florence2Loss()
 
+TOWER_LABEL_HEAD = "tower_label_head"  # the throw-away label head's attribute on the model while it trains
+
+
+class WithTowerLabels:
+    """batches(step) and loss: a Florence-2 step plus a labelled-object step through the same vision tower."""
+
+    def __init__(self, recipe: "Florence2Recipe", batches, loss_fn, vision_config, image_size: int):
+        from .object_crops import CropBatches, ObjectCropRecipe
+
+        options = dict(recipe.tower_labels)
+        self.weight = float(options.pop("weight", 1.0))
+        options.setdefault("scene_size", image_size)
+        options.setdefault("first_scene", recipe.first_scene + 500_000)
+        crops = ObjectCropRecipe.from_dict({"out_dir": recipe.out_dir, **options})
+        self.colour_weight = crops.colour_weight
+        self.labels = CropBatches(crops, feature_side=feature_map_side(vision_config, crops.scene_size))
+        self.batches, self.loss_fn = batches, loss_fn
+
+    def __call__(self, step: int) -> dict:
+        return dict(self.batches(step), tower_labels=self.labels(step))
+
+    def loss(self, model, batch: dict) -> torch.Tensor:
+        from .object_crops import label_logits, label_loss
+
+        labels = batch["tower_labels"]
+        logits = label_logits(model.model.vision_tower, getattr(model, TOWER_LABEL_HEAD), labels["pixel_values"],
+                              labels.get("pool"))
+        return self.loss_fn(model, batch) + self.weight * label_loss(*logits, labels, self.colour_weight)
+
 
 def image_reliance(model, batch: dict, loss_fn=florence2_loss) -> dict:
     """How much the model looks at the image: the loss of `batch` with each row's image swapped for the
@@ -267,7 +300,17 @@ def run(recipe: Florence2Recipe, *, progress: bool = True) -> Path:
                 f.write(json.dumps(record) + "\n")
             tqdm.write(f"step {step}: held-out loss {record['probe_loss']:.3f}, with swapped images "
                        f"{record['probe_loss_swapped_images']:.3f} (image reliance {record['image_reliance']:+.3f})")
-    train(model, batches, loss_fn, recipe.loop, out, progress=progress, on_checkpoint=on_checkpoint)
+    train_batches, train_loss = batches, loss_fn
+    if recipe.tower_labels:
+        from .object_crops import label_head
+
+        with_labels = WithTowerLabels(recipe, batches, loss_fn, model.config.vision_config, image_size)
+        torch.manual_seed(recipe.loop.seed)
+        setattr(model, TOWER_LABEL_HEAD, label_head(model.config.vision_config.embed_dim[-1]))
+        train_batches, train_loss = with_labels, with_labels.loss
+    train(model, train_batches, train_loss, recipe.loop, out, progress=progress, on_checkpoint=on_checkpoint)
+    if hasattr(model, TOWER_LABEL_HEAD):
+        delattr(model, TOWER_LABEL_HEAD)  # a training aid, not part of Florence-2
     model.eval()
     bundle = Florence2Bundle(model=model, tokenizer=tokenizer, image_processor=image_processor(image_size),
                              layout="native", source=str(out))
