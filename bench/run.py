@@ -52,6 +52,8 @@ def detail_line(row: dict) -> str:
     if row.get("peak_fraction") is not None:
         parts.append(f"{row['peak_fraction']:.0%} of the {row.get('peak_name', 'matmul')} peak "
                      f"{fmt(row.get('peak_gflops_per_s', float('nan')))} GFLOP/s")
+    if row.get("paired_peak_fraction") is not None:
+        parts.append(f"{row['paired_peak_fraction']:.0%} of the peak measured just before each forward (median)")
     if row.get("bandwidth_fraction") is not None:
         parts.append(f"{row['bandwidth_fraction']:.0%} of the bandwidth bound "
                      f"({fmt(row['bound'])} {row['unit']} = {fmt(row['bandwidth_gb_s'])} GB/s / "
