@@ -1,10 +1,12 @@
 """Does `<OD>` find the objects, and does it name them? (docs/nano.md): for each ground-truth object of the
-first N test scenes, the predicted box of highest IoU, with and without the right label.
+first N test scenes, the predicted box of highest IoU, with and without the right label; and, to tell naming from
+finding, `<REGION_TO_CATEGORY>` asked about each object's true box.
 
     python scripts/od_recall.py models/nano/florence2 [N=40] [split=test]
 
-Prints class-agnostic recall@0.5, recall@0.5 with the right label, mean best IoU, and the predicted label counts:
-what COCO mAP hides when a model localises but names wrongly. Greedy decoding, as in the docs' tables.
+Prints class-agnostic recall@0.5, recall@0.5 with the right label, mean best IoU and the predicted label counts
+(what COCO mAP hides when a model localises but names wrongly), then the fraction of true boxes whose
+`<REGION_TO_CATEGORY>` answer is the right shape, with the shapes it said. Greedy decoding, as in the docs' tables.
 """
 import collections
 import sys
@@ -13,6 +15,7 @@ import torch
 
 from florence_vl import Florence2
 from florence_vl.data.world import generate_scene
+from florence_vl.florence2.runner import TaskRequest
 
 torch.set_num_threads(2)
 
@@ -49,6 +52,13 @@ def main(path: str, n: int = 40, split: str = "test") -> None:
     print(f"{path}: {n} {split} scenes, {total} objects: class-agnostic recall@0.5 {found / total:.3f}, "
           f"with the right label {named / total:.3f}, mean best IoU {sum(best_ious) / total:.3f}; "
           f"labels {dict(labels.most_common())}")
+    objects = [(scene, obj) for scene in scenes for obj in scene.record["objects"]]
+    answers = model.run_requests([TaskRequest(scene.image, "<REGION_TO_CATEGORY>", None, list(obj["bbox"]))
+                                  for scene, obj in objects], num_beams=1, max_new_tokens=16, with_scores=False)
+    said = collections.Counter(answer.text.split("<")[0].strip() for answer in answers)  # "circle<loc_..>..."
+    right = sum(answer.text.split("<")[0].strip() == obj["class"] for answer, (_, obj) in zip(answers, objects))
+    print(f"  <REGION_TO_CATEGORY> on the {total} true boxes: the right shape {right / total:.3f}; "
+          f"said {dict(said.most_common())}")
 
 
 if __name__ == "__main__":
