@@ -58,13 +58,15 @@ nano-loc: install
 	$(BIN)/florence-vl train florence2 configs/florence2-nano-loc.yaml
 	$(MAKE) eval-nano NANO_MODEL=runs/florence2-nano-loc/model
 
-# Then a tower stage (DaViT on labelled object crops, configs/florence2-nano-crops.yaml, ~9 min) and stage 3,
-# names (configs/florence2-nano-names.yaml, ~30 min): the encoder and decoder learn to read the new tower.
+# Then a tower stage (DaViT on labelled object crops, configs/florence2-nano-crops.yaml, ~11 min) and stage 3,
+# names, in two parts (configs/florence2-nano-names.yaml and -names-2.yaml, ~27 min each): the encoder and decoder
+# learn to read the new tower, which keeps its shape loss. The result is the shipped Florence-2-nano (docs/nano.md).
 nano-names: install
 	test -f runs/florence2-nano-loc/model/config.json || $(MAKE) nano-loc
 	$(BIN)/florence-vl train crops configs/florence2-nano-crops.yaml
 	$(BIN)/florence-vl train florence2 configs/florence2-nano-names.yaml
-	$(MAKE) eval-nano NANO_MODEL=runs/florence2-nano-names/model
+	$(BIN)/florence-vl train florence2 configs/florence2-nano-names-2.yaml
+	$(MAKE) eval-nano NANO_MODEL=runs/florence2-nano-names-2/model
 
 PARTS ?= unicl,florence2
 ship-nano: install
