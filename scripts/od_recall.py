@@ -55,8 +55,9 @@ def main(path: str, n: int = 40, split: str = "test") -> None:
     objects = [(scene, obj) for scene in scenes for obj in scene.record["objects"]]
     answers = model.run_requests([TaskRequest(scene.image, "<REGION_TO_CATEGORY>", None, list(obj["bbox"]))
                                   for scene, obj in objects], num_beams=1, max_new_tokens=16, with_scores=False)
-    said = collections.Counter(answer.text.split("<")[0].strip() for answer in answers)  # "circle<loc_..>..."
-    right = sum(answer.text.split("<")[0].strip() == obj["class"] for answer, (_, obj) in zip(answers, objects))
+    names = [answer.text.split("<")[0].strip() for answer in answers]  # "circle<loc_..>..." -> "circle"
+    said = collections.Counter(names)
+    right = sum(name == obj["class"] for name, (_, obj) in zip(names, objects))
     print(f"  <REGION_TO_CATEGORY> on the {total} true boxes: the right shape {right / total:.3f}; "
           f"said {dict(said.most_common())}")
 
