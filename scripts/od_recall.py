@@ -15,16 +15,10 @@ import torch
 
 from florence_vl import Florence2
 from florence_vl.data.world import generate_scene
+from florence_vl.eval.metrics import box_iou
 from florence_vl.florence2.runner import TaskRequest
 
 torch.set_num_threads(2)
-
-
-def iou(a, b):
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
-    return w * h / union if union > 0 else 0.0
 
 
 def main(path: str, n: int = 40, split: str = "test") -> None:
@@ -43,7 +37,7 @@ def main(path: str, n: int = 40, split: str = "test") -> None:
         predicted = list(zip(result.output["bboxes"], result.output["labels"]))
         labels.update(label for _, label in predicted)
         for obj in scene.record["objects"]:
-            scored = [(iou(obj["bbox"], box), label) for box, label in predicted] or [(0.0, None)]
+            scored = [(box_iou(obj["bbox"], box), label) for box, label in predicted] or [(0.0, None)]
             best = max(s for s, _ in scored)
             best_ious.append(best)
             found += best >= 0.5
