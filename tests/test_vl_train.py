@@ -106,3 +106,35 @@ def test_recipe_end_to_end(tmp_path, world, tiny_florence2_dir):
     assert isinstance(vl.chat(world / "images" / "000000.png", "How many shapes are there?", max_new_tokens=3), str)
     logs = [json.loads(line) for line in (tmp_path / "run" / "lm" / "log.jsonl").read_text().splitlines()]
     assert len(logs) == 2
+
+
+def test_stage2_feature_cache_runs_each_image_once_and_changes_nothing(tmp_path, world, tiny_florence2_dir):
+    """With Florence-2 frozen, `cache_features` keeps each image's features: the logged losses equal those of the
+    uncached run, DaViT sees each distinct image once, and the cache is dropped when the stage ends."""
+    from florence_vl.florence2.checkpoint import load_florence2
+    from florence_vl.train.vl import StageConfig, build_tokenizer, build_vl, run_stage2, world_texts
+    from florence_vl.vl.nano_llm import build_llm
+    from florence_vl.vl.processor import VLProcessor
+
+    recipe = _recipe(tmp_path, world, tiny_florence2_dir)
+    tok = build_tokenizer(recipe, world_texts(world))
+    runs = {}
+    for cached in (0, 100):
+        torch.manual_seed(0)
+        vision = load_florence2(tiny_florence2_dir)
+        model = build_vl(recipe, build_llm(tok, "tiny"), vision, "phi3")
+        images_seen = []
+        model.florence2.model.vision_tower.register_forward_hook(lambda m, args, out: images_seen.append(args[0].shape[0]))
+        stage = StageConfig.from_dict({"data": str(world / "llava_instruct.json"), "batch_size": 4,
+                                       "max_length": 160, "cache_features": cached,
+                                       "loop": {"steps": 6, "warmup_steps": 1, "log_every": 1, "save_every": 100,
+                                                "lr": 1e-2}})
+        records = run_stage2(model, VLProcessor(tok, vision.image_processor, "phi3"), stage, tmp_path / f"s2-{cached}",
+                             progress=False)
+        runs[cached] = ([r["loss"] for r in records], sum(images_seen))
+        assert model.frozen_feature_cache is None
+    (plain_losses, plain_images), (cached_losses, cached_images) = runs[0], runs[100]
+    assert cached_losses == pytest.approx(plain_losses, rel=1e-5)
+    assert plain_images == 6 * 4
+    assert cached_images <= 6, "each of the 6 images at most once"
+    assert cached_images < plain_images

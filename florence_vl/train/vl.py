@@ -33,6 +33,7 @@ class StageConfig:
     data: str | None = None          # LLaVA JSON (stage1/2); images relative to its folder
     batch_size: int = 16
     max_length: int = 256
+    cache_features: int = 0          # stage 2: keep the frozen Florence-2 features of up to this many images
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=0, precision="no"))
 
     @classmethod
@@ -159,11 +160,17 @@ def run_stage1(model: FlorenceVLForCausalLM, processor: VLProcessor, stage: Stag
 
 def run_stage2(model: FlorenceVLForCausalLM, processor: VLProcessor, stage: StageConfig, out: Path,
                progress: bool = True) -> list[dict]:
-    """Projector + LLM; Florence-2 frozen (no gradients, eval mode)."""
+    """Projector + LLM; Florence-2 frozen (no gradients, eval mode). With `cache_features`, each image goes through
+    Florence-2 once per run instead of once per epoch (its features cannot change while it is frozen)."""
     model.freeze_vision(True)
+    model.cache_frozen_features(stage.cache_features)
     model.train()
     model.florence2.eval()
-    return train(model, stage_batches(stage, processor, stage.loop.seed), vl_loss, stage.loop, out, progress=progress)
+    try:
+        return train(model, stage_batches(stage, processor, stage.loop.seed), vl_loss, stage.loop, out,
+                     progress=progress)
+    finally:
+        model.cache_frozen_features(0)
 
 
 def run(recipe: VLRecipe, *, progress: bool = True, stages: tuple[str, ...] = STAGES) -> Path:

@@ -24,6 +24,14 @@ def image_key(image: Image.Image, salt: str = "") -> str:
     return digest.hexdigest()
 
 
+def tensor_key(tensor: torch.Tensor, salt: str = "") -> str:
+    """Content hash of a tensor (dtype, shape and bytes): the key of one image's pixel values."""
+    digest = hashlib.blake2b(digest_size=20)
+    digest.update(f"{salt}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+    digest.update(tensor.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 class FeatureCache:
     """At most `max_items` values; the least recently used goes first. max_items=0 disables it. Tensors are stored
     as compact detached copies (a row of a batch would otherwise keep the whole batch alive)."""

@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .feature_cache import FeatureCache, tensor_key
 from .features import SOURCES, FlorenceFeatures
 from .fusion import DBFusion
 
@@ -51,6 +52,9 @@ class FlorenceVLForCausalLM(nn.Module):
         self.mm_projector = DBFusion(self.vision_tower.dim, llm.config.hidden_size, self.config.sources,
                                      self.config.fusion, self.config.projector_type)
         self.llm = llm
+        # Training with Florence-2 frozen (stage 2): its features of an image never change, so they can be
+        # kept per image (keyed by the pixels) instead of re-run every epoch. Off unless set (`cache_frozen_features`).
+        self.frozen_feature_cache = None
         self.freeze_vision(self.config.freeze_vision)
 
     # -- parts -------------------------------------------------------------------------------------
@@ -70,6 +74,8 @@ class FlorenceVLForCausalLM(nn.Module):
     def freeze_vision(self, frozen: bool = True) -> None:
         self.config.freeze_vision = bool(frozen)
         self.florence2.requires_grad_(not frozen)
+        if not frozen and getattr(self, "frozen_feature_cache", None) is not None:
+            self.frozen_feature_cache.clear()
 
     def train(self, mode: bool = True):
         """A frozen Florence-2 stays in eval mode (no dropout) while the rest trains."""
@@ -78,11 +84,36 @@ class FlorenceVLForCausalLM(nn.Module):
             self.florence2.eval()
         return self
 
+    def cache_frozen_features(self, max_images: int) -> None:
+        """Keep the Florence-2 features of up to `max_images` images while Florence-2 is frozen (0: off). Valid only
+        while its weights do not change: unfreezing it drops the cache."""
+        self.frozen_feature_cache = FeatureCache(max_images) if max_images else None
+
+    def vision_features(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Florence-2's {source: (images, tokens, dim)}; with Florence-2 frozen and a cache set, each image runs
+        once and is then read back."""
+        vision_dtype = next(self.florence2.parameters()).dtype
+        pixel_values = pixel_values.to(self.device, vision_dtype)
+        cache = self.frozen_feature_cache if self.config.freeze_vision else None
+        if cache is None:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_vision):
+                return self.vision_tower(pixel_values)
+        keys = [tensor_key(p) for p in pixel_values]
+        first = {key: i for i, key in reversed(list(enumerate(keys)))}   # one row per distinct image
+        found = {key: cache.get(key) for key in first}
+        missing = [i for key, i in first.items() if found[key] is None]
+        if missing:
+            with torch.no_grad():
+                computed = self.vision_tower(pixel_values[missing])
+            for row, i in enumerate(missing):
+                found[keys[i]] = torch.stack([computed[s][row] for s in self.vision_tower.sources])
+                cache.put(keys[i], found[keys[i]])
+        stacked = torch.stack([found[key] for key in keys])          # (images, sources, tokens, dim)
+        return {s: stacked[:, k] for k, s in enumerate(self.vision_tower.sources)}
+
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(images, tokens, llm_width): fused, projected features of each image."""
-        vision_dtype = next(self.florence2.parameters()).dtype
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_vision):
-            features = self.vision_tower(pixel_values.to(self.device, vision_dtype))
+        features = self.vision_features(pixel_values)
         projector_dtype = self.mm_projector.encoder_mlp[0].weight.dtype
         fused = self.mm_projector({k: v.to(projector_dtype) for k, v in features.items()})
         return fused.to(self.dtype)
