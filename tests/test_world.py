@@ -433,6 +433,10 @@ def test_every_format_loads_in_its_standard_reader(tmp_path):
             assert [t["from"] for t in turns] == ["human", "gpt"] * (len(turns) // 2)
     instruct = read_json(paths["llava_instruct"])
     assert sum(len(c["conversations"]) for c in instruct) == 2 * sum(len(r["qa"]) for r in records)
+    # every question once, but not in the generator's grouped order (which gives answers away by turn number)
+    asked = [t["value"].removeprefix("<image>\n").rsplit("\n", 1)[0] for c in instruct for t in c["conversations"][::2]]
+    written = [item["question"] for r in records for item in r["qa"]]
+    assert sorted(asked) == sorted(written) and asked != written
 
     questions, annotations = read_json(paths["vqa_questions"]), read_json(paths["vqa_annotations"])
     assert [q["question_id"] for q in questions["questions"]] == [a["question_id"] for a in annotations["annotations"]]

@@ -23,6 +23,7 @@ ids are the image indices (0-based), annotation ids count from 1, question ids a
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -90,12 +91,17 @@ def llava_pretrain(records: list[dict]) -> list[dict]:
 
 
 def llava_instruct(records: list[dict], max_turns: int = 8) -> list[dict]:
-    """The questions of each image as conversations of at most `max_turns` question-answer pairs."""
+    """The questions of each image as conversations of at most `max_turns` question-answer pairs, in an order
+    shuffled per image (seeded by its id). The generator writes an image's questions grouped by kind and answer
+    (counts first, the "yes" existence questions before the "no" ones), and a model trained on that order learns
+    to answer from a question's turn number instead of from the image."""
     out = []
     for r in records:
-        for start in range(0, len(r["qa"]), max_turns):
+        qa = list(r["qa"])
+        random.Random(f"llava-instruct-{r['image_id']}").shuffle(qa)
+        for start in range(0, len(qa), max_turns):
             turns = []
-            for i, item in enumerate(r["qa"][start:start + max_turns]):
+            for i, item in enumerate(qa[start:start + max_turns]):
                 turns.append({"from": "human", "value": ("<image>\n" if i == 0 else "") + _instruction(item)})
                 turns.append({"from": "gpt", "value": item["answer"]})
             out.append({"id": f"{r['image_id']:06d}_{start // max_turns}", "image": r["image"],
