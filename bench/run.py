@@ -37,6 +37,8 @@ BENCHMARKS = {
                                            "processor + generate one image at a time, fp32"),
     "florence2_batching": ("florence2_batching", "our runner batched vs one at a time, mixed tasks"),
     "vl_cache": ("vl_cache", "Florence-VL time to first token: second question on an image vs the first"),
+    "vl_train_step": ("vl_train_step", "Florence-VL-nano stage-2 training step: loss projected at the targets only "
+                                       "vs the LLM's loss over every position"),
     "llm_decode": ("llm_decode", "LLM decode tok/s at Phi-3.5-mini geometry vs the memory-bandwidth bound; int8"),
     "vl_int8": ("vl_int8", "Florence-VL-nano accuracy on the nano test split: int8 LLM vs fp32"),
     "load": ("load", "loading a checkpoint in bf16: peak RSS and time, ours vs transformers from_pretrained"),

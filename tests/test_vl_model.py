@@ -78,6 +78,35 @@ def test_loss_ignores_image_positions_and_padding(tiny_florence2):
 
 
 @pytest.mark.parametrize("kind", ["llama", "phi3"])
+def test_loss_only_projects_the_targets_and_gives_the_full_loss_and_gradients(tiny_florence2, kind):
+    model = build(tiny_florence2, kind).train()
+    model.freeze_vision()
+    pixels = torch.randn(2, 3, 64, 64)
+    rows = [[0, IMAGE_TOKEN_INDEX, 10, 11, 12, 13], [0, 7, IMAGE_TOKEN_INDEX, 20, 21], [0, 5, 6]]
+    labels = [[IGNORE_INDEX, IMAGE_TOKEN_INDEX, IGNORE_INDEX, 11, 12, 13],
+              [IGNORE_INDEX, IGNORE_INDEX, IMAGE_TOKEN_INDEX, IGNORE_INDEX, 21], [IGNORE_INDEX, IGNORE_INDEX, 6]]
+    batch = pad_rows(rows, 2, labels=labels)
+
+    def loss_and_grads(**options):
+        model.zero_grad()
+        loss = model(**batch, pixel_values=pixels, **options).loss
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    full, full_grads = loss_and_grads()
+    fast, fast_grads = loss_and_grads(loss_only=True)
+    torch.testing.assert_close(fast, full)
+    assert len(fast_grads) == len(full_grads) > 0
+    for a, b in zip(fast_grads, full_grads):
+        torch.testing.assert_close(a, b)
+    # a global target count (several processes) divides the summed loss, as the LLM's own loss does
+    count = torch.tensor(10)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch, pixel_values=pixels, loss_only=True, num_items_in_batch=count).loss,
+                                   model(**batch, pixel_values=pixels, num_items_in_batch=count).loss)
+
+
+@pytest.mark.parametrize("kind", ["llama", "phi3"])
 def test_batched_left_padded_generation_equals_one_at_a_time(tiny_florence2, kind):
     model = build(tiny_florence2, kind)
     torch.manual_seed(3)

@@ -116,11 +116,11 @@ def vl_loss(model, batch: dict) -> torch.Tensor:
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     if world == 1:
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
-                     pixel_values=batch["pixel_values"]).loss
+                     pixel_values=batch["pixel_values"], loss_only=True).loss
     count = (batch["labels"][:, 1:] != -100).sum()
     torch.distributed.all_reduce(count)
     loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
-                 pixel_values=batch["pixel_values"], num_items_in_batch=count).loss
+                 pixel_values=batch["pixel_values"], num_items_in_batch=count, loss_only=True).loss
     return loss * world
 
 
