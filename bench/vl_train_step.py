@@ -17,20 +17,21 @@ from PIL import Image
 
 from common import best_of, others_note
 
-COLORS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]
-SHAPES = ["circle", "square", "triangle", "star", "diamond", "hexagon", "pentagon", "cross"]
-SUFFIX = "\nAnswer the question using a single word or phrase."
-
 
 def conversation(rng: random.Random, turns: int = 8) -> list[tuple[str, str]]:
-    asks = [lambda: (f"What color is the {rng.choice(SHAPES)}?", rng.choice(COLORS)),
-            lambda: (f"Is there a {rng.choice(COLORS)} {rng.choice(SHAPES)} in the image?", rng.choice(["yes", "no"])),
+    """Questions and one-word answers in the style of the world's llava_instruct.json (the answers need not be true)."""
+    from florence_vl.data.formats import SHORT_ANSWER
+    from florence_vl.data.vocabulary import COLORS, SHAPES
+
+    colors = sorted(COLORS)
+    asks = [lambda: (f"What color is the {rng.choice(SHAPES)}?", rng.choice(colors)),
+            lambda: (f"Is there a {rng.choice(colors)} {rng.choice(SHAPES)} in the image?", rng.choice(["yes", "no"])),
             lambda: (f"How many {rng.choice(SHAPES)}s are there?", str(rng.randint(0, 5))),
-            lambda: (f"What shape is the {rng.choice(COLORS)} shape?", rng.choice(SHAPES))]
+            lambda: (f"What shape is the {rng.choice(colors)} shape?", rng.choice(SHAPES))]
     out = []
     for k in range(turns):
         question, answer = rng.choice(asks)()
-        out.append((("<image>\n" if k == 0 else "") + question + SUFFIX, answer))
+        out.append((("<image>\n" if k == 0 else "") + question + "\n" + SHORT_ANSWER, answer))
     return out
 
 
