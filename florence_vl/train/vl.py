@@ -114,11 +114,10 @@ def vl_loss(model, batch: dict) -> torch.Tensor:
     and divides by the count over all ranks (times the world size, as DDP averages gradients), so the
     gradient and the logged loss are those of the whole step on one process."""
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-    if world == 1:
-        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
-                     pixel_values=batch["pixel_values"], loss_only=True).loss
-    count = (batch["labels"][:, 1:] != -100).sum()
-    torch.distributed.all_reduce(count)
+    count = None  # one process: the loss divides by its own target count
+    if world > 1:
+        count = (batch["labels"][:, 1:] != -100).sum()
+        torch.distributed.all_reduce(count)
     loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
                  pixel_values=batch["pixel_values"], num_items_in_batch=count, loss_only=True).loss
     return loss * world
