@@ -59,14 +59,15 @@ nano-loc: install
 	$(MAKE) eval-nano NANO_MODEL=runs/florence2-nano-loc/model
 
 # Then a tower stage (DaViT on labelled object crops, configs/florence2-nano-crops.yaml, ~11 min) and stage 3,
-# names, in two parts (configs/florence2-nano-names.yaml and -names-2.yaml, ~27 min each): the encoder and decoder
+# names, in three parts (configs/florence2-nano-names.yaml, -names-2.yaml ~27 min each, -names-3.yaml ~50 min): the encoder and decoder
 # learn to read the new tower, which keeps its shape loss. The result is the shipped Florence-2-nano (docs/nano.md).
 nano-names: install
 	test -f runs/florence2-nano-loc/model/config.json || $(MAKE) nano-loc
 	$(BIN)/florence-vl train crops configs/florence2-nano-crops.yaml
 	$(BIN)/florence-vl train florence2 configs/florence2-nano-names.yaml
 	$(BIN)/florence-vl train florence2 configs/florence2-nano-names-2.yaml
-	$(MAKE) eval-nano NANO_MODEL=runs/florence2-nano-names-2/model
+	$(BIN)/florence-vl train florence2 configs/florence2-nano-names-3.yaml
+	$(MAKE) eval-nano NANO_MODEL=runs/florence2-nano-names-3/model
 
 PARTS ?= unicl,florence2
 ship-nano: install
