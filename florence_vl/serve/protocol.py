@@ -1,5 +1,5 @@
 """uvicorn's HTTP/1.1 protocol (h11) with three changes: malformed HTTP is answered in this API's JSON error
-shape, request headers must arrive in time, and a connection the server closes is closed lingering.
+shape, request headers must arrive in time, and a connection closed with its request unread lingers.
 
 - Requests that h11 cannot parse (a bad request line, a bad or repeated Content-Length, broken chunked
   encoding, a TLS hello on the plain port, headers over h11's limit) never reach the app: uvicorn answers
@@ -14,7 +14,8 @@ shape, request headers must arrive in time, and a connection the server closes i
   size, a 408, a 400) and then closes makes its kernel answer the body bytes still coming with a reset; the
   reset makes clients that send the whole body before they read (urllib, requests, curl without
   `Expect: 100-continue`) fail with "broken pipe" / "connection reset" instead of showing the answer (measured:
-  urllib lost the 413 for a 10 MB upload). Here every close is a lingering close, as Apache's and nginx's are:
+  urllib lost the 413 for a 10 MB upload). Here such a close lingers, as Apache's and nginx's do (a close with
+  nothing unread, an idle keep-alive at shutdown, stays a plain close):
   the answer goes out, then a FIN (the client reads the answer and then end of stream), and whatever the client
   still sends is read and dropped until it closes, sends nothing for `LINGER_IDLE_S`, or `LINGER_MAX_S` have
   passed; then the connection is closed. (The request itself is over by then: its --max-active slot is free.)
