@@ -59,8 +59,8 @@ nano-loc: install
 	$(MAKE) eval-nano NANO_MODEL=runs/florence2-nano-loc/model
 
 # Then a tower stage (DaViT on labelled object crops, configs/florence2-nano-crops.yaml, ~11 min) and stage 3,
-# names, in three parts (configs/florence2-nano-names.yaml, -names-2.yaml ~27 min each, -names-3.yaml ~50 min): the encoder and decoder
-# learn to read the new tower, which keeps its shape loss. The result is the shipped Florence-2-nano (docs/nano.md).
+# names, in three parts (configs/florence2-nano-names.yaml and -names-2.yaml, ~27 min each, -names-3.yaml, ~50 min):
+# the encoder and decoder learn to read the new tower, which keeps its shape loss. The result is the shipped Florence-2-nano (docs/nano.md).
 nano-names: install
 	test -f runs/florence2-nano-loc/model/config.json || $(MAKE) nano-loc
 	$(BIN)/florence-vl train crops configs/florence2-nano-crops.yaml

@@ -18,6 +18,7 @@ import pytest
 from florence_vl.serve import protocol
 from florence_vl.serve.server import BackgroundServer, build_app
 from florence_vl.serve.settings import ServeSettings
+from test_serve_slow_body import read_answer
 
 BIG = 16 * 1024 * 1024
 
@@ -48,13 +49,6 @@ def chunks(body: bytes, size: int = 65536) -> list[bytes]:
     return [body[i:i + size] for i in range(0, len(body), size)]
 
 
-def read_until_end(sock: socket.socket) -> bytes:
-    answer = b""
-    while chunk := sock.recv(65536):
-        answer += chunk
-    return answer
-
-
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
 def test_a_big_upload_sent_whole_before_reading_gets_the_413(small_limit_server, framing):
     body = b"{" + b"a" * BIG
@@ -74,10 +68,9 @@ def test_the_answer_ends_at_once_and_the_connection_closes_when_the_client_stops
     sock.sendall(b"POST /v1/florence2/tasks HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
                  b"content-length: %d\r\n\r\n" % BIG + b"a" * 100_000)
     start = time.monotonic()
-    answer = read_until_end(sock)  # the FIN comes right after the answer: no waiting for the linger
-    assert time.monotonic() - start < 0.4
-    head, _, body = answer.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 413") and json.loads(body)["error"]["code"] == "body_too_large"
+    head, body, closed = read_answer(sock)  # the FIN comes right after the answer: no waiting for the linger
+    assert closed - start < 0.4
+    assert head.startswith(b"HTTP/1.1 413") and body["error"]["code"] == "body_too_large"
     assert open_connections(server) == 1  # still lingering: what the client sends now is dropped, not reset
     sock.sendall(b"a" * 1_000_000)
     took = wait_until(lambda: open_connections(server) == 0, within=3.0)
@@ -102,7 +95,7 @@ def test_a_client_that_keeps_sending_is_cut_off_after_the_linger_limit(small_lim
 
     sender = threading.Thread(target=trickle, daemon=True)
     sender.start()
-    assert read_until_end(sock).startswith(b"HTTP/1.1 413")
+    assert read_answer(sock)[0].startswith(b"HTTP/1.1 413")
     took = wait_until(lambda: open_connections(server) == 0, within=5.0)
     stop.set()
     sender.join(timeout=5)
@@ -115,7 +108,7 @@ def test_connections_with_nothing_unread_close_without_lingering(small_limit_ser
     server = small_limit_server
     sock = socket.create_connection((server.host, server.port))
     sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-    assert read_until_end(sock).startswith(b"HTTP/1.1 200")
+    assert read_answer(sock)[0].startswith(b"HTTP/1.1 200")
     assert wait_until(lambda: open_connections(server) == 0, within=1.0) < 0.3
     sock.close()
 
@@ -124,6 +117,6 @@ def test_bytes_after_a_malformed_request_are_dropped_and_the_400_is_read(small_l
     sock = socket.create_connection((small_limit_server.host, small_limit_server.port))
     sock.sendall(b"POST /v1/florence2/tasks HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n"
                  + b"a" * 2_000_000)
-    head, _, body = read_until_end(sock).partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 400") and json.loads(body)["error"]["code"] == "bad_http_request"
+    head, body, _ = read_answer(sock)
+    assert head.startswith(b"HTTP/1.1 400") and body["error"]["code"] == "bad_http_request"
     sock.close()
