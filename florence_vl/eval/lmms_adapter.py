@@ -108,8 +108,7 @@ class FlorenceVLLmms(LmmsBase):
         if model is None:
             from ..vl.chat import FlorenceVL
 
-            model = FlorenceVL.from_pretrained(pretrained, dtype=None if dtype in (None, "auto") else dtype,
-                                               template=template)
+            model = FlorenceVL.from_pretrained(pretrained, dtype=dtype or "auto", template=template)
         if device not in (None, "", "cpu"):
             model.model.to(device)
         self.vl = model

@@ -120,16 +120,16 @@ class Florence2:
         """Load "nano" (the shipped Florence-2-nano), a local directory or a hub id, in the native or the
         original published layout.
 
-        dtype "auto" keeps the checkpoint's dtype, except float16, which is slow on CPU: it becomes bfloat16.
+        dtype "auto" keeps a float32 checkpoint in float32 and computes a half-precision one in this CPU's fast
+        dtype: bfloat16 with AMX-BF16, else float32 where that fits in free memory (florence_vl/compute_dtype.py).
         """
+        from ..compute_dtype import settle_auto_dtype
         from ..models import resolve_model
         from .checkpoint import load_florence2
 
         source = resolve_model(source, "florence2")
         bundle = load_florence2(source, dtype=None if dtype == "auto" else dtype, allow_pickle=allow_pickle)
-        model = bundle.model
-        if dtype == "auto" and model.dtype == torch.float16 and model.device.type == "cpu":
-            model = model.to(torch.bfloat16)
+        model = settle_auto_dtype(bundle.model) if dtype == "auto" else bundle.model
         return cls(model, bundle.tokenizer, bundle.image_processor, source=str(source))
 
     @property

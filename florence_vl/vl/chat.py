@@ -44,14 +44,23 @@ class FlorenceVL:
                                      max_length=max_length)
 
     @classmethod
-    def from_pretrained(cls, source: str | Path = "nano", *, dtype: torch.dtype | str | None = None,
+    def from_pretrained(cls, source: str | Path = "nano", *, dtype: torch.dtype | str | None = "auto",
                         template: str | None = None, allow_pickle: bool = False,
                         feature_cache_size: int = 32, prefix_cache_size: int = 4) -> "FlorenceVL":
-        """Our own checkpoint format or the published LLaVA layout; "nano" is the shipped Florence-VL-nano."""
+        """Our own checkpoint format or the published LLaVA layout; "nano" is the shipped Florence-VL-nano.
+
+        dtype "auto" keeps a float32 checkpoint in float32 and computes a half-precision one in this CPU's fast
+        dtype (bfloat16 with AMX-BF16, else float32 where that fits in free memory: florence_vl/compute_dtype.py);
+        None keeps the checkpoint's dtype."""
+        from ..compute_dtype import settle_auto_dtype
         from ..models import resolve_model
         from .checkpoint import load_florence_vl
 
-        bundle = load_florence_vl(resolve_model(source, "florence_vl"), dtype=dtype, allow_pickle=allow_pickle)
+        auto = isinstance(dtype, str) and dtype.lower() == "auto"
+        bundle = load_florence_vl(resolve_model(source, "florence_vl"), dtype=None if auto else dtype,
+                                  allow_pickle=allow_pickle)
+        if auto:
+            settle_auto_dtype(bundle.model)
         return cls(bundle.model, bundle.tokenizer, bundle.image_processor, template, source=str(source),
                    feature_cache_size=feature_cache_size, prefix_cache_size=prefix_cache_size)
 

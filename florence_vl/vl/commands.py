@@ -22,7 +22,9 @@ def add_chat_parser(sub) -> None:
                       help="chat template (default: the checkpoint's)")
     chat.add_argument("--max-new-tokens", type=int, default=256, help="generation limit (default: 256)")
     chat.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
-                      help="weights dtype (default: the checkpoint's; on this CPU bfloat16 is slower)")
+                      help="compute dtype; auto keeps a float32 checkpoint's and computes a half-precision one "
+                      "in this CPU's fast dtype: bfloat16 with AMX-BF16, else float32 when that fits in free "
+                      "memory (default: auto)")
     chat.add_argument("--allow-pickle", action="store_true", help="allow pickle weights you trust")
 
 
@@ -49,8 +51,8 @@ def cmd_chat(args) -> int:
     if args.question is not None and not args.question.strip():
         raise InputError("the question is empty")
     image = load_image(args.image)                   # checked before the model loads
-    vl = FlorenceVL.from_pretrained(args.model, dtype=None if args.dtype == "auto" else args.dtype,
-                                    template=args.template, allow_pickle=args.allow_pickle)
+    vl = FlorenceVL.from_pretrained(args.model, dtype=args.dtype, template=args.template,
+                                    allow_pickle=args.allow_pickle)
     if args.question is not None:
         _say(vl, image, args.question, (), args, sys.stdout)
         return 0
@@ -79,7 +81,7 @@ def cmd_eval_vl(args) -> int:
     if not (Path(args.data) / "records.jsonl").exists():
         raise InputError(f"{args.data} is not a generated split (no records.jsonl); "
                          "make one with `florence-vl world generate`")
-    vl = FlorenceVL.from_pretrained(args.model, dtype=None if args.dtype == "auto" else args.dtype)
+    vl = FlorenceVL.from_pretrained(args.model, dtype=args.dtype)
     result = evaluate_vl(vl, args.data, limit=args.limit, batch_size=max(args.batch_size, 1),
                          max_new_tokens=min(args.max_new_tokens, 64))
     result["model"] = str(args.model)
