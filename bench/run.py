@@ -41,6 +41,7 @@ BENCHMARKS = {
                                        "vs the LLM's loss over every position"),
     "llm_decode": ("llm_decode", "LLM decode tok/s at Phi-3.5-mini geometry vs the memory-bandwidth bound; int8"),
     "vl_int8": ("vl_int8", "Florence-VL-nano accuracy on the nano test split: int8 LLM vs fp32"),
+    "auto_dtype": ("auto_dtype", "a bf16-stored Florence-2 under dtype auto: the CPU's fast dtype vs the stored bf16"),
     "load": ("load", "loading a checkpoint in bf16: peak RSS and time, ours vs transformers from_pretrained"),
 }
 
