@@ -70,6 +70,25 @@ def test_resume_repeats_the_loss_sequence(tiny_tokenizer, tmp_path):
     assert [r["step"] for r in log] == list(range(1, 9))
 
 
+def test_batches_built_by_worker_processes_train_the_same_steps(tiny_tokenizer, tmp_path):
+    def fresh():
+        torch.manual_seed(0)
+        recipe = Florence2Recipe(out_dir="unused", geometry="tiny", images_per_step=1, tasks_per_image=2,
+                                 max_target_tokens=32)
+        model = build_model(recipe, tiny_tokenizer)
+        return model, WorldBatches(recipe, tiny_tokenizer, 64, model.config.vision_config)
+
+    runs = {}
+    for workers in (0, 2):
+        config = LoopConfig(steps=6, lr=1e-3, warmup_steps=2, precision="no", log_every=1, save_every=3,
+                            workers=workers)
+        model, batches = fresh()
+        runs[workers] = train(model, batches, florence2_loss, config, tmp_path / str(workers), progress=False)
+    assert [r["step"] for r in runs[2]] == list(range(1, 7))
+    assert [r["loss"] for r in runs[2]] == pytest.approx([r["loss"] for r in runs[0]], rel=1e-5)
+    assert len({round(r["loss"], 6) for r in runs[2]}) > 1  # a different batch each step, not one repeated
+
+
 def test_image_reliance_is_zero_for_a_model_blind_to_the_image(setup):
     import torch
 

@@ -6,6 +6,8 @@ a pure function of the step, so a resumed run sees exactly the batches the inter
 - checkpoints/step-N/ hold model, optimizer, scheduler and RNG state (accelerate's save_state), written to a
   temporary folder and renamed, so a crash mid-save never leaves a half checkpoint as the latest one;
 - log.jsonl gets one line per logged step {step, loss, lr, seconds}.
+Batches go to the accelerator's device (a GPU when there is one). With `workers`, a DataLoader builds the batches
+of the coming steps in that many processes (images decoded and resized there), the same batches in the same order.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any, Callable
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import send_to_device
 from tqdm.auto import tqdm
 
 
@@ -38,6 +41,7 @@ class LoopConfig:
     keep_checkpoints: int = 2
     seed: int = 0
     lr_scale: dict = field(default_factory=dict)  # parameter-name prefix -> multiplier of lr (longest prefix wins)
+    workers: int = 0                 # processes that build the next batches ahead (0: built in the loop)
 
 
 def cosine_schedule(config: LoopConfig) -> Callable[[int], float]:
@@ -101,8 +105,8 @@ def train(model: torch.nn.Module, batches: Callable[[int], Any], loss_fn: Callab
     model.train()
     bar = tqdm(total=config.steps, initial=start, desc="train", unit="step", disable=not progress)
     started, window = time.perf_counter(), []
-    for step in range(start, config.steps):
-        batch = batches(step)
+    for step, batch in zip(range(start, config.steps), _batch_stream(batches, start, config)):
+        batch = send_to_device(batch, accelerator.device)
         with accelerator.autocast():
             loss = loss_fn(model, batch)
         accelerator.backward(loss)
@@ -129,6 +133,29 @@ def train(model: torch.nn.Module, batches: Callable[[int], Any], loss_fn: Callab
                 on_checkpoint(done, accelerator.unwrap_model(model))
     bar.close()
     return records
+
+
+class _StepBatches(torch.utils.data.Dataset):
+    """batches(step) for the steps from `start`: a map-style dataset, so DataLoader workers can build them ahead."""
+
+    def __init__(self, batches: Callable[[int], Any], start: int, steps: int):
+        self.batches, self.start, self.steps = batches, start, steps
+
+    def __len__(self) -> int:
+        return self.steps - self.start
+
+    def __getitem__(self, index: int) -> Any:
+        return self.batches(self.start + index)
+
+
+def _batch_stream(batches: Callable[[int], Any], start: int, config: LoopConfig):
+    if config.workers <= 0:
+        return (batches(step) for step in range(start, config.steps))
+    # Its own generator: seeding the workers must not draw from the global RNG that dropout uses.
+    loader = torch.utils.data.DataLoader(_StepBatches(batches, start, config.steps), batch_size=None,
+                                         num_workers=config.workers, prefetch_factor=4,
+                                         generator=torch.Generator().manual_seed(config.seed))
+    return iter(loader)
 
 
 def save_checkpoint(accelerator: Accelerator, out_dir: Path, step: int, keep: int) -> Path:
