@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -119,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--n", type=int, default=500, help="number of images (default: 500)")
     generate.add_argument("--out", required=True, help="output directory")
     generate.add_argument("--seed", type=int, default=0, help="first scene seed (default: 0)")
+    generate.add_argument("--workers", type=int, default=None,
+                          help="processes drawing scenes (default: one per CPU core); the files do not depend on it")
 
     train = sub.add_parser("train", help="train a model from a YAML recipe (resumes from its last checkpoint)")
     train.add_argument("stage", choices=["unicl", "florence2", "crops", "vl"],
@@ -308,7 +311,8 @@ def cmd_world(args) -> int:
 
     if args.n < 1:
         raise InputError("--n must be at least 1")
-    paths = write_split(args.split, args.n, args.out, seed=args.seed, progress=True)
+    paths = write_split(args.split, args.n, args.out, seed=args.seed, progress=True,
+                        workers=args.workers or os.cpu_count() or 1)
     print(f"wrote {args.n} {args.split} images and {len(paths)} files to {args.out}")
     return 0
 

@@ -467,3 +467,13 @@ def test_generation_speed():
         if 60 / best >= 50:
             break
     assert 60 / best >= 50, f"{60 / best:.0f} scenes/s"
+
+
+def test_write_split_with_worker_processes_writes_the_same_files(tmp_path):
+    write_split("val", 12, tmp_path / "one", seed=5, progress=False)
+    write_split("val", 12, tmp_path / "three", seed=5, progress=False, workers=3)
+    one = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*") if p.is_file())
+    three = sorted(p.relative_to(tmp_path / "three") for p in (tmp_path / "three").rglob("*") if p.is_file())
+    assert one == three and len([p for p in one if p.suffix == ".png"]) == 12
+    for rel in one:
+        assert (tmp_path / "one" / rel).read_bytes() == (tmp_path / "three" / rel).read_bytes(), rel

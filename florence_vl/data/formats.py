@@ -168,19 +168,31 @@ def read_records(out_dir: Path) -> list[dict]:
     return read_jsonl(Path(out_dir) / "records.jsonl")
 
 
-def write_split(split: str, n: int, out_dir, seed: int = 0, progress: bool = True) -> dict[str, Path]:
-    """Draw scenes seed .. seed+n-1 of `split` and write images plus every format; returns the paths."""
+def _write_scene(job: tuple[str, int, int, str]) -> dict:
+    split, seed, index, out = job
+    scene = generate_scene(seed + index, split)
+    name = f"images/{index:06d}.png"
+    scene.image.save(Path(out) / name, format="PNG")
+    return {"image": name, "image_id": index, **scene.record}
+
+
+def write_split(split: str, n: int, out_dir, seed: int = 0, progress: bool = True, workers: int = 1) -> dict[str, Path]:
+    """Draw scenes seed .. seed+n-1 of `split` and write images plus every format; returns the paths.
+    `workers` processes draw the scenes (each scene is a function of its seed: the files are the same)."""
+    from multiprocessing import get_context
+
     from tqdm.auto import tqdm
 
     out = Path(out_dir)
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
-    records = []
-    for index in tqdm(range(n), desc=f"nano world {split}", disable=not progress, unit="img"):
-        scene = generate_scene(seed + index, split)
-        name = f"images/{index:06d}.png"
-        scene.image.save(out / name, format="PNG")
-        records.append({"image": name, "image_id": index, **scene.record})
+    jobs = [(split, seed, index, str(out)) for index in range(n)]
+    bar = dict(total=n, desc=f"nano world {split}", disable=not progress, unit="img")
+    if workers > 1 and n > 1:
+        with get_context("fork").Pool(workers) as pool:
+            records = list(tqdm(pool.imap(_write_scene, jobs, chunksize=16), **bar))
+    else:
+        records = [_write_scene(job) for job in tqdm(jobs, **bar)]
     paths: dict[str, Path] = {"images": images, "records": write_jsonl(out / "records.jsonl", records)}
     paths["detection"] = write_json(out / "detection_coco.json", coco_detection(records))
     paths["ocr"] = write_jsonl(out / "ocr.jsonl", ocr_lines(records))
