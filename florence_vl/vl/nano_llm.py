@@ -14,6 +14,10 @@ CHAT_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]  # the phi3
 # for d=256 with 4 layers, so the whole recipe fits its CPU budget.
 NANO_LLM = dict(hidden_size=192, intermediate_size=576, num_hidden_layers=3, num_attention_heads=3,
                 num_key_value_heads=3, max_position_embeddings=512, rope_theta=10000.0, tie_word_embeddings=True)
+# d=384, 4 layers, 6 heads of 64 (~8M parameters): for a GPU budget (configs/florence-vl-nano-gpu.yaml); still
+# small enough to answer on a CPU.
+SMALL_LLM = dict(hidden_size=384, intermediate_size=1152, num_hidden_layers=4, num_attention_heads=6,
+                 num_key_value_heads=6, max_position_embeddings=512, rope_theta=10000.0, tie_word_embeddings=True)
 TINY_LLM = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                 num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False)
 
@@ -33,7 +37,7 @@ def train_llm_tokenizer(corpus: Iterable[str], vocab_size: int = 2000) -> PreTra
 
 
 def llm_config(tokenizer, size: str = "nano", **overrides) -> LlamaConfig:
-    sizes = {"nano": NANO_LLM, "tiny": TINY_LLM}
+    sizes = {"nano": NANO_LLM, "small": SMALL_LLM, "tiny": TINY_LLM}
     if size not in sizes:
         raise KeyError(f"unknown LLM size {size!r}; known: {', '.join(sizes)}")
     fields = dict(sizes[size], **overrides)
