@@ -59,6 +59,31 @@ def test_eval_metrics_on_known_answers(split):
         assert result[key]["value"] in (1.0, None)
 
 
+def test_a_model_that_gives_the_majority_answer_scores_the_majority_baseline(split):
+    from florence_vl.data.formats import read_records
+    from florence_vl.eval.vl_eval import evaluate_vl, majority_answers, report_table
+
+    majority = majority_answers(60)
+    assert majority["exist"] in ("yes", "no") and majority["count"].isdigit()
+    types = {}
+    for record in read_records(split):
+        for qa in record["qa"]:
+            types[(record["image"], qa["question"])] = qa["type"]
+
+    class Prior:  # answers from the question's type alone
+        def ask_many(self, image, prompts, **_):
+            name = "images/" + image.name
+            return [majority.get(types[(name, p.split("\n" + p.split("\n")[-1])[0])], "") for p in prompts]
+
+    result = evaluate_vl(Prior(), split, progress=False, baseline_train_scenes=60)
+    baseline = result["majority_baseline"]
+    assert baseline["answers"] == majority and 0 < baseline["vqa_accuracy"] < 1
+    assert result["vqa_accuracy"] == baseline["vqa_accuracy"]
+    assert {t: v["accuracy"] for t, v in result["vqa_by_type"].items()} == baseline["by_type"]
+    assert "majority answer per type" in report_table(result)
+    assert "majority_baseline" not in evaluate_vl(Prior(), split, progress=False, baseline_train_scenes=0)
+
+
 def test_chat_cli(checkpoint, split, capsys, monkeypatch):
     image = str(split / "images" / "000000.png")
     assert main(["chat", image, "How many shapes are there?", "--model", str(checkpoint),
