@@ -37,15 +37,18 @@ def test_a_few_steps_lower_the_loss(setup, tmp_path):
     assert florence2_loss(model, fixed).item() < 0.7 * before
 
 
+def _fresh_model_and_batches(tiny_tokenizer):
+    """A seeded tiny model and its batches: what a new training process starts from."""
+    torch.manual_seed(0)
+    recipe = Florence2Recipe(out_dir="unused", geometry="tiny", images_per_step=1, tasks_per_image=2,
+                             max_target_tokens=32)
+    model = build_model(recipe, tiny_tokenizer)
+    return model, WorldBatches(recipe, tiny_tokenizer, 64, model.config.vision_config)
+
+
 def test_resume_repeats_the_loss_sequence(tiny_tokenizer, tmp_path):
     def fresh():
-        import torch
-
-        torch.manual_seed(0)
-        recipe = Florence2Recipe(out_dir="unused", geometry="tiny", images_per_step=1, tasks_per_image=2,
-                                 max_target_tokens=32)
-        model = build_model(recipe, tiny_tokenizer)
-        return model, WorldBatches(recipe, tiny_tokenizer, 64, model.config.vision_config)
+        return _fresh_model_and_batches(tiny_tokenizer)
 
     config = LoopConfig(steps=8, lr=1e-3, warmup_steps=2, precision="no", log_every=1, save_every=4)
     model, batches = fresh()
@@ -71,18 +74,11 @@ def test_resume_repeats_the_loss_sequence(tiny_tokenizer, tmp_path):
 
 
 def test_batches_built_by_worker_processes_train_the_same_steps(tiny_tokenizer, tmp_path):
-    def fresh():
-        torch.manual_seed(0)
-        recipe = Florence2Recipe(out_dir="unused", geometry="tiny", images_per_step=1, tasks_per_image=2,
-                                 max_target_tokens=32)
-        model = build_model(recipe, tiny_tokenizer)
-        return model, WorldBatches(recipe, tiny_tokenizer, 64, model.config.vision_config)
-
     runs = {}
     for workers in (0, 2):
         config = LoopConfig(steps=6, lr=1e-3, warmup_steps=2, precision="no", log_every=1, save_every=3,
                             workers=workers)
-        model, batches = fresh()
+        model, batches = _fresh_model_and_batches(tiny_tokenizer)
         runs[workers] = train(model, batches, florence2_loss, config, tmp_path / str(workers), progress=False)
     assert [r["step"] for r in runs[2]] == list(range(1, 7))
     assert [r["loss"] for r in runs[2]] == pytest.approx([r["loss"] for r in runs[0]], rel=1e-5)
