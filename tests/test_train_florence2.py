@@ -7,6 +7,7 @@ import torch
 
 from florence_vl.train.florence2 import Florence2Recipe, WorldBatches, build_model, florence2_loss
 from florence_vl.train.loop import LoopConfig, train
+from reliability_train_child import fresh  # the seeded tiny model a new training process starts from
 
 
 @pytest.fixture(scope="module")
@@ -37,21 +38,9 @@ def test_a_few_steps_lower_the_loss(setup, tmp_path):
     assert florence2_loss(model, fixed).item() < 0.7 * before
 
 
-def _fresh_model_and_batches(tiny_tokenizer):
-    """A seeded tiny model and its batches: what a new training process starts from."""
-    torch.manual_seed(0)
-    recipe = Florence2Recipe(out_dir="unused", geometry="tiny", images_per_step=1, tasks_per_image=2,
-                             max_target_tokens=32)
-    model = build_model(recipe, tiny_tokenizer)
-    return model, WorldBatches(recipe, tiny_tokenizer, 64, model.config.vision_config)
-
-
 def test_resume_repeats_the_loss_sequence(tiny_tokenizer, tmp_path):
-    def fresh():
-        return _fresh_model_and_batches(tiny_tokenizer)
-
     config = LoopConfig(steps=8, lr=1e-3, warmup_steps=2, precision="no", log_every=1, save_every=4)
-    model, batches = fresh()
+    model, batches = fresh(tiny_tokenizer)
     straight = train(model, batches, florence2_loss, config, tmp_path / "a", progress=False)
 
     class Crash(Exception):
@@ -62,10 +51,10 @@ def test_resume_repeats_the_loss_sequence(tiny_tokenizer, tmp_path):
             raise Crash
         return batches(step)
 
-    model, batches = fresh()
+    model, batches = fresh(tiny_tokenizer)
     with pytest.raises(Crash):
         train(model, crashing, florence2_loss, config, tmp_path / "b", progress=False)
-    model, batches = fresh()  # a new process starts from scratch like this, then finds the checkpoint
+    model, batches = fresh(tiny_tokenizer)  # a new process starts from scratch like this, then finds the checkpoint
     resumed = train(model, batches, florence2_loss, config, tmp_path / "b", progress=False)
     assert [r["step"] for r in resumed] == list(range(1, 9))
     assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in straight], rel=1e-5)
@@ -78,7 +67,7 @@ def test_batches_built_by_worker_processes_train_the_same_steps(tiny_tokenizer, 
     for workers in (0, 2):
         config = LoopConfig(steps=6, lr=1e-3, warmup_steps=2, precision="no", log_every=1, save_every=3,
                             workers=workers)
-        model, batches = _fresh_model_and_batches(tiny_tokenizer)
+        model, batches = fresh(tiny_tokenizer)
         runs[workers] = train(model, batches, florence2_loss, config, tmp_path / str(workers), progress=False)
     assert [r["step"] for r in runs[2]] == list(range(1, 7))
     assert [r["loss"] for r in runs[2]] == pytest.approx([r["loss"] for r in runs[0]], rel=1e-5)
