@@ -310,6 +310,13 @@ def test_questions_are_typed_and_answers_are_right(scenes):
     assert seen == set(QA_TYPES)
 
 
+def test_a_sign_question_whose_random_distractors_collide_still_has_four_choices():
+    # train scene 3,009,095: a one-word sign whose four random distractor words left fewer than three distinct
+    # ones, which crashed the generator (and a training run at step 285) before the pool was topped up
+    [item] = [q for q in generate_scene(3_009_095, "train").record["qa"] if q.get("subtype") == "read"]
+    assert len(set(item["choices"])) == 4 and item["choices"]["ABCD".index(item["answer"])] == item["answer_text"]
+
+
 def test_captions_and_grounding(scenes):
     for scene in scenes:
         record = scene.record

@@ -340,6 +340,8 @@ def _text_questions(rng, record: dict) -> list[dict]:
     if named:
         t, ref = rng.choice(named)
         pool = [s["text"] for s in signs] + [" ".join(random_word(rng) for _ in t["text"].split()) for _ in range(4)]
+        while len({p for p in pool if p != t["text"]}) < 3:  # rare: the random words repeated each other or the answer
+            pool.append(" ".join(random_word(rng) for _ in t["text"].split()))
         qa.append(_multiple_choice(rng, f"What does {ref} say?", t["text"], pool, "read"))
     if not record["objects"]:
         pair = rng.choice(_pair_universe(record["split"]))
