@@ -40,6 +40,12 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=1024, help="generation limit (default: %(default)s)")
 
 
+def _add_loop_stop_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-loop-stop", dest="stop_loops", action="store_false",
+                   help="Florence-2 tasks: let an output that has fallen into a runaway loop (the same 1-8 tokens again and again) "
+                   "run on to --max-new-tokens; by default it is stopped and keeps one copy of the loop")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="florence-vl", description="Florence-2 and Florence-VL: run, serve, convert, evaluate.",
                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -59,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     tasks.add_argument("--draw", metavar="OUT.png", help="save a picture of the result (one image: this "
                        "file; several: OUT-<image name>.png)")
     _add_model_options(tasks)
+    _add_loop_stop_option(tasks)
 
     predict = sub.add_parser("predict", help="batch jobs: a Florence-2 task over a directory of images, or "
                              "Florence-VL answers to a file of questions",
@@ -87,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "the coco output should use")
     predict.add_argument("--out", required=True, help="output file")
     _add_model_options(predict)
+    _add_loop_stop_option(predict)
     predict.set_defaults(beams=None, max_new_tokens=None)
     for action in predict._actions:  # their defaults depend on the job (the description says which)
         if action.dest in ("beams", "max_new_tokens"):
@@ -152,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", help="write the metrics as JSON here")
     evaluate.add_argument("--limit", type=int, help="florence2: evaluate only the first N images")
     _add_model_options(evaluate)
+    _add_loop_stop_option(evaluate)
     evaluate.set_defaults(beams=1, max_new_tokens=256)
 
     from .vl.commands import add_chat_parser
@@ -219,7 +228,8 @@ def cmd_tasks(args) -> int:
     florence = _load_florence2(args)
     requests = [TaskRequest(path, task.token, args.text, args.region) for path in args.images]
     results = florence.run_requests(requests, batch_size=args.batch_size, num_beams=args.beams,
-                                    max_new_tokens=args.max_new_tokens, progress=len(requests) > 8)
+                                    max_new_tokens=args.max_new_tokens, progress=len(requests) > 8,
+                                    stop_loops=args.stop_loops)
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
     else:
@@ -277,7 +287,7 @@ def cmd_predict(args) -> int:
             print(f"resuming: {len(plan.done)} of {len(paths)} images already in {journal}", file=sys.stderr)
         job.run_job(_load_florence2(args), plan, journal, task=task.token, text=args.text, region=args.region,
                     batch_size=args.batch_size, num_beams=args.beams, max_new_tokens=args.max_new_tokens,
-                    log=job.stderr_log)
+                    stop_loops=args.stop_loops, log=job.stderr_log)
     count = job.finish_job(args.format, Path(args.out), journal, paths, task.token, image_ids=image_ids,
                            categories=categories)
     skipped = f", skipped {len(plan.skipped)} unusable image(s) (named above)" if plan.skipped else ""
@@ -371,7 +381,8 @@ def cmd_eval(args) -> int:
                          "make one with `florence-vl world generate`")
     florence = _load_florence2(args)
     result = evaluate_florence2(florence, args.data, limit=args.limit, batch_size=args.batch_size,
-                                num_beams=args.beams, max_new_tokens=args.max_new_tokens)
+                                num_beams=args.beams, max_new_tokens=args.max_new_tokens,
+                                stop_loops=args.stop_loops)
     print(report_table(result))
     if args.out:
         write_report(result, args.out)

@@ -16,11 +16,13 @@ from typing import Iterable, Sequence
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
-from transformers import DynamicCache, EncoderDecoderCache, GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import (DynamicCache, EncoderDecoderCache, GenerationConfig, LogitsProcessor, LogitsProcessorList,
+                          StoppingCriteriaList)
 
 from ..errors import InputError
 from ..images import load_image
 from .geometry import num_image_tokens, processor_image_size
+from .loop_stop import RunawayLoopStop, drop_loop
 from .postprocess import decode_with_spans, parse_output
 from .results import TaskResult
 from .tasks import Task, build_prompt, get_task
@@ -145,10 +147,14 @@ class Florence2:
 
     def run_requests(self, requests: Sequence[TaskRequest], *, batch_size: int = 8, num_beams: int = 3,
                      max_new_tokens: int = 1024, with_scores: bool = True, progress: bool = False,
-                     vision_batch_size: int | None = None, **generation_kwargs) -> list[TaskResult]:
+                     vision_batch_size: int | None = None, stop_loops: bool = True,
+                     **generation_kwargs) -> list[TaskResult]:
         """Run many (image, task, input) requests, `batch_size` at a time; results keep the request order.
 
         num_beams=1 is greedy search. Requests are grouped by prompt length to waste little on padding.
+        stop_loops ends a row that has fallen into a runaway loop (the same 1-8 tokens again and again,
+        florence_vl/florence2/loop_stop.py) and keeps one copy of the loop; `result.extra["loop_tokens_dropped"]`
+        says how many tokens went. Other generation options (no_repeat_ngram_size=3, ...) pass to transformers.
         The vision tower runs `vision_batch_size` images at a time (default `self.vision_batch_size`) while the
         text encoder and the decoder run the whole batch: DaViT is compute-bound and only gets slower per image
         in big batches (its activations leave the caches), the decoder is memory-bound and gains from them.
@@ -163,7 +169,7 @@ class Florence2:
         for batch in batches:
             prepared = [self._prepare(i, requests[i]) for i in batch]
             for item, result in zip(prepared, self._generate(prepared, num_beams, max_new_tokens, with_scores,
-                                                             generation_kwargs, vision_batch_size)):
+                                                             generation_kwargs, vision_batch_size, stop_loops)):
                 results[item.index] = result
             bar.update(len(batch))
         bar.close()
@@ -234,7 +240,8 @@ class Florence2:
 
     @torch.inference_mode()
     def _generate(self, prepared: Sequence[_Prepared], num_beams: int, max_new_tokens: int, with_scores: bool,
-                  generation_kwargs: dict, vision_batch_size: int | None = None) -> list[TaskResult]:
+                  generation_kwargs: dict, vision_batch_size: int | None = None,
+                  stop_loops: bool = True) -> list[TaskResult]:
         inputs = {k: v.to(self.model.device) for k, v in self.encode(prepared).items()}
         config = self.generation_config(num_beams, max_new_tokens, output_scores=with_scores,
                                         return_dict_in_generate=True, **generation_kwargs)
@@ -244,6 +251,8 @@ class Florence2:
             config.suppress_tokens = None
         if config.num_beams > 1 and "past_key_values" not in generation_kwargs:
             extra["past_key_values"] = BeamSharedCrossCache(DynamicCache(), DynamicCache())
+        if stop_loops:
+            extra["stopping_criteria"] = StoppingCriteriaList([RunawayLoopStop(prompt_length=1)])
         out = self.model.generate(encoder_outputs=self.encoder_outputs(inputs, vision_batch_size),
                                   attention_mask=inputs["attention_mask"], generation_config=config, **extra)
         sequences = out.sequences[:, 1:]  # drop the decoder start token
@@ -252,14 +261,20 @@ class Florence2:
             logprobs = self.model.compute_transition_scores(
                 out.sequences, out.scores, getattr(out, "beam_indices", None) if num_beams > 1 else None,
                 normalize_logits=num_beams == 1).float()
-        eos = self.model.config.text_config.eos_token_id
+        text_config = self.model.config.text_config
         results = []
         for row, item in enumerate(prepared):
             ids = sequences[row].tolist()
-            end = ids.index(eos, 1) if eos in ids[1:] else len(ids)
-            scores = None if logprobs is None else logprobs[row, :end].tolist()
-            decoded = decode_with_spans(self.tokenizer, ids[:end], scores)
+            # A row ends at </s>, or where a loop stop ended it early (pads follow while the batch goes on).
+            ends = [ids.index(t, 1) for t in (text_config.eos_token_id, text_config.pad_token_id) if t in ids[1:]]
+            ids = ids[:min(ends, default=len(ids))]
+            dropped = 0
+            if stop_loops:
+                ids, dropped = drop_loop(ids)
+            scores = None if logprobs is None else logprobs[row, :len(ids)].tolist()
+            decoded = decode_with_spans(self.tokenizer, ids, scores)
             output = parse_output(item.task, decoded, item.image.size)
             results.append(TaskResult(task=item.task.token, output=output, text=decoded.text,
-                                      image_size=item.image.size, image=item.source, prompt=item.prompt))
+                                      image_size=item.image.size, image=item.source, prompt=item.prompt,
+                                      extra={"loop_tokens_dropped": dropped} if dropped else {}))
         return results
