@@ -72,7 +72,8 @@ nano-names: install
 	$(BIN)/florence-vl train florence2 configs/florence2-nano-names-4.yaml
 	$(BIN)/florence-vl train florence2 configs/florence2-nano-names-5.yaml
 	$(BIN)/florence-vl train florence2 configs/florence2-nano-names-6.yaml
-	$(MAKE) eval-nano NANO_MODEL=runs/florence2-nano-names-6/model
+	$(BIN)/florence-vl train florence2 configs/florence2-nano-names-7.yaml
+	$(MAKE) eval-nano NANO_MODEL=runs/florence2-nano-names-7/model
 
 PARTS ?= unicl,florence2
 ship-nano: install
