@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from .errors import FlorenceVLError, InputError
+from .florence2.postprocess import BOX_SCORES
 from .serve.server import add_arguments as add_serve_arguments
 
 EXIT_USER_ERROR = 2
@@ -40,10 +41,14 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=1024, help="generation limit (default: %(default)s)")
 
 
-def _add_loop_stop_option(p: argparse.ArgumentParser) -> None:
+def _add_output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-loop-stop", dest="stop_loops", action="store_false",
                    help="Florence-2 tasks: let an output that has fallen into a runaway loop (the same 1-8 tokens again and again) "
                    "run on to --max-new-tokens; by default it is stopped and keeps one copy of the loop")
+    p.add_argument("--box-score", default=BOX_SCORES[0], choices=BOX_SCORES,
+                   help="each box's and polygon's score: label_x_loc = P(label) x P(its <loc_k> tokens), which ranks "
+                   "detections best for mAP; loc = the <loc_k> tokens alone (the published 'avg_loc_scores'); "
+                   "label = the label alone ('avg_cat_name_scores') (default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     tasks.add_argument("--draw", metavar="OUT.png", help="save a picture of the result (one image: this "
                        "file; several: OUT-<image name>.png)")
     _add_model_options(tasks)
-    _add_loop_stop_option(tasks)
+    _add_output_options(tasks)
 
     predict = sub.add_parser("predict", help="batch jobs: a Florence-2 task over a directory of images, or "
                              "Florence-VL answers to a file of questions",
@@ -94,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "the coco output should use")
     predict.add_argument("--out", required=True, help="output file")
     _add_model_options(predict)
-    _add_loop_stop_option(predict)
+    _add_output_options(predict)
     predict.set_defaults(beams=None, max_new_tokens=None)
     for action in predict._actions:  # their defaults depend on the job (the description says which)
         if action.dest in ("beams", "max_new_tokens"):
@@ -160,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", help="write the metrics as JSON here")
     evaluate.add_argument("--limit", type=int, help="florence2: evaluate only the first N images")
     _add_model_options(evaluate)
-    _add_loop_stop_option(evaluate)
+    _add_output_options(evaluate)
     evaluate.set_defaults(beams=1, max_new_tokens=256)
 
     from .vl.commands import add_chat_parser
@@ -229,7 +234,7 @@ def cmd_tasks(args) -> int:
     requests = [TaskRequest(path, task.token, args.text, args.region) for path in args.images]
     results = florence.run_requests(requests, batch_size=args.batch_size, num_beams=args.beams,
                                     max_new_tokens=args.max_new_tokens, progress=len(requests) > 8,
-                                    stop_loops=args.stop_loops)
+                                    stop_loops=args.stop_loops, box_score=args.box_score)
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
     else:
@@ -287,7 +292,7 @@ def cmd_predict(args) -> int:
             print(f"resuming: {len(plan.done)} of {len(paths)} images already in {journal}", file=sys.stderr)
         job.run_job(_load_florence2(args), plan, journal, task=task.token, text=args.text, region=args.region,
                     batch_size=args.batch_size, num_beams=args.beams, max_new_tokens=args.max_new_tokens,
-                    stop_loops=args.stop_loops, log=job.stderr_log)
+                    stop_loops=args.stop_loops, box_score=args.box_score, log=job.stderr_log)
     count = job.finish_job(args.format, Path(args.out), journal, paths, task.token, image_ids=image_ids,
                            categories=categories)
     skipped = f", skipped {len(plan.skipped)} unusable image(s) (named above)" if plan.skipped else ""
@@ -382,7 +387,7 @@ def cmd_eval(args) -> int:
     florence = _load_florence2(args)
     result = evaluate_florence2(florence, args.data, limit=args.limit, batch_size=args.batch_size,
                                 num_beams=args.beams, max_new_tokens=args.max_new_tokens,
-                                stop_loops=args.stop_loops)
+                                stop_loops=args.stop_loops, box_score=args.box_score)
     print(report_table(result))
     if args.out:
         write_report(result, args.out)

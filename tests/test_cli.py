@@ -120,3 +120,18 @@ def test_entry_point_prints_one_line_not_a_traceback(tmp_path):
                            "OD"], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"florence-vl tasks: error: image not found: {tmp_path / 'x.png'}"
+
+
+def test_box_score_option_on_every_florence2_command(capsys):
+    from florence_vl.cli import build_parser
+
+    parser = build_parser()
+    commands = [["tasks", "x.png", "--task", "OD"], ["predict", "--task", "OD", "--images", "d", "--out", "o"],
+                ["eval", "florence2", "--data", "d"]]
+    for command in commands:
+        assert parser.parse_args(command).box_score == "label_x_loc"
+        assert parser.parse_args(command + ["--box-score", "loc"]).box_score == "loc"
+    with pytest.raises(SystemExit) as exit_:
+        main(["tasks", "x.png", "--task", "OD", "--box-score", "mean"])
+    assert exit_.value.code == 2
+    assert "invalid choice: 'mean'" in capsys.readouterr().err

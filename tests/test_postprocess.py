@@ -6,7 +6,8 @@ import math
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from florence_vl.florence2.postprocess import Decoded, decode_with_spans, parse_output
+from florence_vl.errors import InputError
+from florence_vl.florence2.postprocess import Decoded, decode_with_spans, parse_output, parse_polygons
 from florence_vl.florence2.tasks import TASKS
 
 S = (1000, 500)
@@ -117,16 +118,55 @@ def test_no_text_makes_the_parser_raise(text):
         parse_output(task, text, S)
 
 
-def test_scores_are_geometric_mean_of_loc_token_probabilities():
-    # tokens: "circle" (lp -0.1) then 4 locs with log-probs ln .9, ln .8, ln .7, ln .6
-    pieces = ["circle", "<loc_1>", "<loc_2>", "<loc_3>", "<loc_4>"]
+def _decoded(pieces_and_probs):
+    """A Decoded whose tokens are the given pieces with the given probabilities."""
     spans, pos = [], 0
-    for p in pieces:
-        spans.append((pos, pos + len(p)))
-        pos += len(p)
-    lps = [-0.1] + [math.log(p) for p in (0.9, 0.8, 0.7, 0.6)]
-    out = parse_output("<OD>", Decoded("".join(pieces), spans, lps), S)
-    assert out["scores"] == pytest.approx([(0.9 * 0.8 * 0.7 * 0.6) ** 0.25])
+    for piece, _ in pieces_and_probs:
+        spans.append((pos, pos + len(piece)))
+        pos += len(piece)
+    return Decoded("".join(p for p, _ in pieces_and_probs), spans, [math.log(q) for _, q in pieces_and_probs])
+
+
+# "circle" (p .5) with two boxes in one run, then "star" (p .25) with one box
+TWO_RUNS = _decoded([("circle", 0.5), ("<loc_1>", 0.9), ("<loc_2>", 0.8), ("<loc_3>", 0.7), ("<loc_4>", 0.6),
+                     ("<loc_5>", 0.4), ("<loc_6>", 0.4), ("<loc_7>", 0.4), ("<loc_8>", 0.4),
+                     ("star", 0.25), ("<loc_1>", 1.0), ("<loc_2>", 1.0), ("<loc_3>", 1.0), ("<loc_4>", 1.0)])
+LOC_GM = [(0.9 * 0.8 * 0.7 * 0.6) ** 0.25, 0.4, 1.0]  # geometric mean of each box's four loc probabilities
+
+
+def test_box_scores_are_label_times_loc_probability_by_default():
+    out = parse_output("<OD>", TWO_RUNS, S)
+    assert out["labels"] == ["circle", "circle", "star"]
+    # both circle boxes share their run's label probability
+    assert out["scores"] == pytest.approx([0.5 * LOC_GM[0], 0.5 * LOC_GM[1], 0.25 * LOC_GM[2]])
+    assert parse_output("<OD>", TWO_RUNS, S, box_score="label_x_loc") == out
+
+
+def test_box_scores_published_modes():
+    assert parse_output("<OD>", TWO_RUNS, S, box_score="loc")["scores"] == pytest.approx(LOC_GM)
+    assert parse_output("<OD>", TWO_RUNS, S, box_score="label")["scores"] == pytest.approx([0.5, 0.5, 0.25])
+    grounded = parse_output("<CAPTION_TO_PHRASE_GROUNDING>", TWO_RUNS, S)
+    assert grounded["scores"] == pytest.approx([0.5 * LOC_GM[0], 0.5 * LOC_GM[1], 0.25 * LOC_GM[2]])
+
+
+def test_a_box_without_a_phrase_is_scored_by_its_locations():
+    boxes = _decoded([("<loc_1>", 0.9), ("<loc_2>", 0.8), ("<loc_3>", 0.7), ("<loc_4>", 0.6)])
+    for mode in ("label_x_loc", "loc", "label"):
+        assert parse_output("<REGION_PROPOSAL>", boxes, S, box_score=mode)["scores"] == pytest.approx([LOC_GM[0]])
+
+
+def test_polygon_scores_follow_the_box_score():
+    polygon = _decoded([("star", 0.5), ("<poly>", 1.0)] + [(f"<loc_{k}>", 0.8) for k in range(1, 7)]
+                       + [("</poly>", 1.0)])
+    assert parse_polygons(polygon, S, allow_empty_phrase=False)["labels"] == ["star"]
+    assert parse_polygons(polygon, S, allow_empty_phrase=False)["scores"] == pytest.approx([0.5 * 0.8])
+    assert parse_polygons(polygon, S, allow_empty_phrase=False, box_score="loc")["scores"] == pytest.approx([0.8])
+    assert parse_polygons(polygon, S, allow_empty_phrase=False, box_score="label")["scores"] == pytest.approx([0.5])
+
+
+def test_unknown_box_score_is_a_user_error():
+    with pytest.raises(InputError, match="box score"):
+        parse_output("<OD>", TWO_RUNS, S, box_score="mean")
 
 
 def test_decode_with_spans_keeps_loc_tokens_and_drops_wrappers(tiny_tokenizer):
@@ -138,4 +178,5 @@ def test_decode_with_spans_keeps_loc_tokens_and_drops_wrappers(tiny_tokenizer):
         if token.startswith("<loc_"):
             assert decoded.text[start:end] == token
     out = parse_output("<OD>", decoded, S)
-    assert out["labels"] == ["a red circle"] and out["scores"] == pytest.approx([math.exp(-0.5)])
+    assert out["labels"] == ["a red circle"]
+    assert out["scores"] == pytest.approx([math.exp(-0.5) * math.exp(-0.5)])  # label x loc, each exp(-0.5)

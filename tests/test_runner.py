@@ -77,6 +77,21 @@ def test_box_scores_are_probabilities(tiny_florence2):
     assert "scores" not in unscored[0].output and unscored[0].text == results[0].text
 
 
+def test_box_score_modes_share_one_generation(tiny_florence2):
+    images = [_image(i) for i in range(5)]
+    run = lambda mode: tiny_florence2.run(images, "<OD>", num_beams=1, max_new_tokens=40, box_score=mode)  # noqa: E731
+    both, loc, label = run("label_x_loc"), run("loc"), run("label")
+    labelled = [i for i, r in enumerate(both) if r.output["labels"]]
+    assert labelled, "the spread random model writes some labelled boxes"
+    for i in labelled:
+        assert both[i].text == loc[i].text == label[i].text
+        assert both[i].output["scores"] == pytest.approx(
+            [a * b for a, b in zip(loc[i].output["scores"], label[i].output["scores"])], rel=1e-4)
+        assert all(s < l for s, l in zip(both[i].output["scores"], loc[i].output["scores"]))
+    with pytest.raises(InputError, match="box score"):
+        run("max")
+
+
 def test_bfloat16_runs(tiny_florence2):
     from florence_vl.florence2.runner import Florence2
 

@@ -204,7 +204,8 @@ def evaluate_florence2(florence: Florence2 | None, data_dir, *, limit: int | Non
                        num_beams: int = 1, max_new_tokens: int = 256, predict: Predictor | None = None,
                        progress: bool = True, max_expressions_per_image: int = 2,
                        baseline_train_scenes: int = 500, ocr_with_region: bool = True,
-                       caption_tasks: Sequence[str] = tuple(CAPTION_TASKS), stop_loops: bool = True) -> dict:
+                       caption_tasks: Sequence[str] = tuple(CAPTION_TASKS), stop_loops: bool = True,
+                       box_score: str = "label_x_loc") -> dict:
     """Score `florence` (or `predict`) on the split folder `data_dir` (see the module docstring).
 
     `limit` keeps the first `limit` images. Ratios over an empty set (no image with text, say) are None;
@@ -255,7 +256,8 @@ def evaluate_florence2(florence: Florence2 | None, data_dir, *, limit: int | Non
         source = getattr(predict, "__name__", type(predict).__name__)
     else:
         results = florence.run_requests(requests, batch_size=batch_size, num_beams=num_beams,
-                                        max_new_tokens=max_new_tokens, progress=progress, stop_loops=stop_loops)
+                                        max_new_tokens=max_new_tokens, progress=progress, stop_loops=stop_loops,
+                                        box_score=box_score)
         source = florence.source
     if len(results) != len(requests):
         raise InputError(f"the predictor answered {len(results)} of {len(requests)} requests")
@@ -322,7 +324,7 @@ def evaluate_florence2(florence: Florence2 | None, data_dir, *, limit: int | Non
         "settings": {"limit": limit, "batch_size": batch_size, "num_beams": num_beams,
                      "max_new_tokens": max_new_tokens, "max_expressions_per_image": max_expressions_per_image,
                      "baseline_train_scenes": baseline_train_scenes, "ocr_with_region": ocr_with_region,
-                     "caption_tasks": list(caption_tasks)},
+                     "caption_tasks": list(caption_tasks), "stop_loops": stop_loops, "box_score": box_score},
         "od": od,
         "rec": rec,
         "res": res,

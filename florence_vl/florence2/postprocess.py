@@ -7,8 +7,12 @@ published parser would return garbage for malformed text (odd counts, too few lo
 piece instead. Two deliberate differences, both documented in docs/florence2.md: text answers have their
 <loc_k> tokens removed, and polygons with fewer than 3 points are dropped (COCO cannot use them).
 
-Scores: when the per-token log-probabilities of the generated sequence are given, every box, quad and
-polygon gets score = exp(mean log-prob of its <loc_k> tokens), the geometric mean of their probabilities.
+Scores: when the per-token log-probabilities of the generated sequence are given, every box and polygon gets a
+score (`box_score`): "label_x_loc" (default) = P(label) x P(locations), each the geometric mean of its tokens'
+probabilities, where the label is the phrase before the run (shared by every box of the run); "loc" = P(locations)
+alone, the published processor's 'avg_loc_scores'; "label" = P(label) alone, its 'avg_cat_name_scores'. A box with
+no phrase (<REGION_PROPOSAL>) is scored by its locations in every mode. Ranking detections by label x loc is what
+COCO mAP rewards: on the nano test split it raised OD mAP50 0.277 -> 0.328 over "loc" (docs/florence2.md).
 """
 
 from __future__ import annotations
@@ -18,9 +22,12 @@ import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from ..errors import InputError
 from .coordinates import LOC_RE, dequantize_points, parse_loc_bins
 from .special_tokens import strip_special_tokens
 from .tasks import Task, get_task
+
+BOX_SCORES = ("label_x_loc", "loc", "label")  # the first is the default; see the module docstring
 
 # Words a grounding phrase must not be on its own: the published processor drops these pronouns and
 # fillers, which the model sometimes grounds to the whole image.
@@ -110,7 +117,21 @@ def _runs_with_phrases(text: str, run_re: re.Pattern):
         previous_end = m.end()
 
 
-def parse_boxes(decoded: Decoded, size, *, allow_empty_phrase: bool, banned: frozenset = frozenset()) -> dict:
+def check_box_score(box_score: str) -> str:
+    if box_score not in BOX_SCORES:
+        raise InputError(f"unknown box score {box_score!r}; choose one of {', '.join(BOX_SCORES)}")
+    return box_score
+
+
+def _instance_score(box_score: str, label_score: float | None, loc_score: float | None) -> float | None:
+    """One instance's score under `box_score` (None without token scores); no label tokens -> the locations'."""
+    if loc_score is None or label_score is None or box_score == "loc":
+        return loc_score
+    return label_score if box_score == "label" else label_score * loc_score
+
+
+def parse_boxes(decoded: Decoded, size, *, allow_empty_phrase: bool, banned: frozenset = frozenset(),
+                box_score: str = BOX_SCORES[0]) -> dict:
     bboxes, labels, scores = [], [], []
     for phrase, m in _runs_with_phrases(decoded.text, _LOC_RUN_RE):
         label = _phrase(phrase)
@@ -118,22 +139,24 @@ def parse_boxes(decoded: Decoded, size, *, allow_empty_phrase: bool, banned: fro
             continue
         if label.lower() in banned:
             continue
+        label_score = decoded.score(m.start() - len(phrase), m.start())
         for box, score in _boxes_in_run(decoded, m.group(0), m.start(), size):
             bboxes.append(box)
             labels.append(label)
-            scores.append(score)
+            scores.append(_instance_score(box_score, label_score, score))
     out: dict[str, Any] = {"bboxes": bboxes, "labels": labels}
     if bboxes and all(s is not None for s in scores):
         out["scores"] = scores
     return out
 
 
-def parse_polygons(decoded: Decoded, size, *, allow_empty_phrase: bool) -> dict:
+def parse_polygons(decoded: Decoded, size, *, allow_empty_phrase: bool, box_score: str = BOX_SCORES[0]) -> dict:
     polygons, labels, scores = [], [], []
     for phrase, m in _runs_with_phrases(decoded.text, _POLY_RUN_RE):
         label = _phrase(phrase)
         if not label and not allow_empty_phrase:
             continue
+        label_score = decoded.score(m.start() - len(phrase), m.start())
         run, offset = m.group(0), m.start()
         if "<poly>" in run and "</poly>" in run:
             instances = [(p.group(1), offset + p.start(1)) for p in _POLY_RE.finditer(run)]
@@ -153,7 +176,7 @@ def parse_polygons(decoded: Decoded, size, *, allow_empty_phrase: bool) -> dict:
                 polygons.append(instance)
                 labels.append(label)
                 valid = [s for s in instance_scores if s is not None]
-                scores.append(sum(valid) / len(valid) if valid else None)
+                scores.append(_instance_score(box_score, label_score, sum(valid) / len(valid) if valid else None))
     out: dict[str, Any] = {"polygons": polygons, "labels": labels}
     if polygons and all(s is not None for s in scores):
         out["scores"] = scores
@@ -176,29 +199,33 @@ def parse_ocr(decoded: Decoded, size) -> dict:
     return {"quad_boxes": quads, "labels": labels}
 
 
-def parse_output(task: Task | str, generated: str | Decoded, image_size: tuple[int, int]) -> Any:
-    """The structured output of `task` from its generated text (or a Decoded with token scores)."""
+def parse_output(task: Task | str, generated: str | Decoded, image_size: tuple[int, int], *,
+                 box_score: str = BOX_SCORES[0]) -> Any:
+    """The structured output of `task` from its generated text (or a Decoded with token scores, which
+    `box_score` turns into each box's and polygon's score: see the module docstring)."""
+    check_box_score(box_score)
     task = get_task(task) if isinstance(task, str) else task
     decoded = generated if isinstance(generated, Decoded) else Decoded(_clean(generated))
     kind = task.parse
     if kind == "pure_text":
         return strip_special_tokens(decoded.text)
     if kind == "description_with_bboxes":
-        return parse_boxes(decoded, image_size, allow_empty_phrase=False)
+        return parse_boxes(decoded, image_size, allow_empty_phrase=False, box_score=box_score)
     if kind == "bboxes":
-        return parse_boxes(decoded, image_size, allow_empty_phrase=True)
+        return parse_boxes(decoded, image_size, allow_empty_phrase=True, box_score=box_score)
     if kind == "phrase_grounding":
-        return parse_boxes(decoded, image_size, allow_empty_phrase=False, banned=BANNED_GROUNDING_PHRASES)
+        return parse_boxes(decoded, image_size, allow_empty_phrase=False, banned=BANNED_GROUNDING_PHRASES,
+                           box_score=box_score)
     if kind == "polygons":
-        return parse_polygons(decoded, image_size, allow_empty_phrase=True)
+        return parse_polygons(decoded, image_size, allow_empty_phrase=True, box_score=box_score)
     if kind == "ocr":
         return parse_ocr(decoded, image_size)
     if kind == "description_with_bboxes_or_polygons":
         if "<poly>" in decoded.text:
-            polys = parse_polygons(decoded, image_size, allow_empty_phrase=False)
+            polys = parse_polygons(decoded, image_size, allow_empty_phrase=False, box_score=box_score)
             return {"bboxes": [], "bboxes_labels": [], "polygons": polys["polygons"],
                     "polygons_labels": polys["labels"]}
-        boxes = parse_boxes(decoded, image_size, allow_empty_phrase=False)
+        boxes = parse_boxes(decoded, image_size, allow_empty_phrase=False, box_score=box_score)
         out = {"bboxes": boxes["bboxes"], "bboxes_labels": boxes["labels"], "polygons": [], "polygons_labels": []}
         if "scores" in boxes:
             out["scores"] = boxes["scores"]

@@ -70,7 +70,7 @@ def plan_job(paths: Sequence[Path], task: str, journal: Path, log: Callable[[str
 
 def run_job(florence, plan: JobPlan, journal: Path, *, task: str, text: str | None, region, batch_size: int,
             num_beams: int, max_new_tokens: int, log: Callable[[str], None], progress: bool = True,
-            stop_loops: bool = True) -> list[dict]:
+            stop_loops: bool = True, box_score: str = "label_x_loc") -> list[dict]:
     """Run the plan's images `batch_size` at a time, appending each batch to the journal; new records."""
     from .runner import TaskRequest
 
@@ -82,7 +82,7 @@ def run_job(florence, plan: JobPlan, journal: Path, *, task: str, text: str | No
             requests = [TaskRequest(p, task, text, region) for p in chunk]
             run = lambda reqs: florence.run_requests(  # noqa: E731
                 reqs, batch_size=batch_size, num_beams=num_beams, max_new_tokens=max_new_tokens,
-                stop_loops=stop_loops)
+                stop_loops=stop_loops, box_score=box_score)
             try:
                 results = run(requests)
             except InputError:  # one image the model refuses: run the chunk one by one, skip that one

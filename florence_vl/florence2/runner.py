@@ -23,7 +23,7 @@ from ..errors import InputError
 from ..images import load_image
 from .geometry import num_image_tokens, processor_image_size
 from .loop_stop import RunawayLoopStop, drop_loop
-from .postprocess import decode_with_spans, parse_output
+from .postprocess import BOX_SCORES, check_box_score, decode_with_spans, parse_output
 from .results import TaskResult
 from .tasks import Task, build_prompt, get_task
 
@@ -148,19 +148,22 @@ class Florence2:
     def run_requests(self, requests: Sequence[TaskRequest], *, batch_size: int = 8, num_beams: int = 3,
                      max_new_tokens: int = 1024, with_scores: bool = True, progress: bool = False,
                      vision_batch_size: int | None = None, stop_loops: bool = True,
-                     **generation_kwargs) -> list[TaskResult]:
+                     box_score: str = BOX_SCORES[0], **generation_kwargs) -> list[TaskResult]:
         """Run many (image, task, input) requests, `batch_size` at a time; results keep the request order.
 
         num_beams=1 is greedy search. Requests are grouped by prompt length to waste little on padding.
         stop_loops ends a row that has fallen into a runaway loop (the same 1-8 tokens again and again,
         florence_vl/florence2/loop_stop.py) and keeps one copy of the loop; `result.extra["loop_tokens_dropped"]`
-        says how many tokens went. Other generation options (no_repeat_ngram_size=3, ...) pass to transformers.
+        says how many tokens went. box_score says how a box's or polygon's score is made from its tokens'
+        probabilities: "label_x_loc" (P(label) x P(locations), default), "loc" or "label" (postprocess.py).
+        Other generation options (no_repeat_ngram_size=3, ...) pass to transformers.
         The vision tower runs `vision_batch_size` images at a time (default `self.vision_batch_size`) while the
         text encoder and the decoder run the whole batch: DaViT is compute-bound and only gets slower per image
         in big batches (its activations leave the caches), the decoder is memory-bound and gains from them.
         """
         if batch_size < 1:
             raise InputError("batch size must be at least 1")
+        check_box_score(box_score)
         tasks = [get_task(r.task) for r in requests]  # fail fast on an unknown task
         order = sorted(range(len(requests)), key=lambda i: (len(tasks[i].prompt), i))
         results: list[TaskResult | None] = [None] * len(requests)
@@ -169,7 +172,8 @@ class Florence2:
         for batch in batches:
             prepared = [self._prepare(i, requests[i]) for i in batch]
             for item, result in zip(prepared, self._generate(prepared, num_beams, max_new_tokens, with_scores,
-                                                             generation_kwargs, vision_batch_size, stop_loops)):
+                                                             generation_kwargs, vision_batch_size, stop_loops,
+                                                             box_score)):
                 results[item.index] = result
             bar.update(len(batch))
         bar.close()
@@ -241,7 +245,7 @@ class Florence2:
     @torch.inference_mode()
     def _generate(self, prepared: Sequence[_Prepared], num_beams: int, max_new_tokens: int, with_scores: bool,
                   generation_kwargs: dict, vision_batch_size: int | None = None,
-                  stop_loops: bool = True) -> list[TaskResult]:
+                  stop_loops: bool = True, box_score: str = BOX_SCORES[0]) -> list[TaskResult]:
         inputs = {k: v.to(self.model.device) for k, v in self.encode(prepared).items()}
         config = self.generation_config(num_beams, max_new_tokens, output_scores=with_scores,
                                         return_dict_in_generate=True, **generation_kwargs)
@@ -273,7 +277,7 @@ class Florence2:
                 ids, dropped = drop_loop(ids)
             scores = None if logprobs is None else logprobs[row, :len(ids)].tolist()
             decoded = decode_with_spans(self.tokenizer, ids, scores)
-            output = parse_output(item.task, decoded, item.image.size)
+            output = parse_output(item.task, decoded, item.image.size, box_score=box_score)
             results.append(TaskResult(task=item.task.token, output=output, text=decoded.text,
                                       image_size=item.image.size, image=item.source, prompt=item.prompt,
                                       extra={"loop_tokens_dropped": dropped} if dropped else {}))
