@@ -12,7 +12,7 @@ score (`box_score`): "label_x_loc" (default) = P(label) x P(locations), each the
 probabilities, where the label is the phrase before the run (shared by every box of the run); "loc" = P(locations)
 alone, the published processor's 'avg_loc_scores'; "label" = P(label) alone, its 'avg_cat_name_scores'. A box with
 no phrase (<REGION_PROPOSAL>) is scored by its locations in every mode. Ranking detections by label x loc is what
-COCO mAP rewards: on the nano test split it raised OD mAP50 0.277 -> 0.328 over "loc" (docs/florence2.md).
+COCO mAP rewards: on the nano test split it raised OD mAP50 0.277 -> 0.327 over "loc" (docs/florence2.md).
 """
 
 from __future__ import annotations
