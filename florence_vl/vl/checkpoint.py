@@ -131,17 +131,25 @@ def _assemble(vision: Florence2Bundle, llm, config: VLConfig) -> FlorenceVLForCa
     return FlorenceVLForCausalLM(vision.model, vision.tokenizer, vision.num_image_tokens, llm, config)
 
 
-def _load_projector(model: FlorenceVLForCausalLM, sd: dict, where: Path, dtype: torch.dtype | None = None) -> None:
-    expected = {k: tuple(v.shape) for k, v in model.mm_projector.state_dict().items()}
+def _check_weights(sd: dict, module: torch.nn.Module, where, what: str, source: str,
+                   may_miss: frozenset = frozenset()) -> None:
+    """CheckpointError unless `sd` has exactly `module`'s weights (`may_miss` may be absent), each of its shape;
+    `source` names what the expected shapes come from."""
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     unknown = sorted(set(sd) - set(expected))
-    missing = sorted(set(expected) - set(sd))
+    missing = sorted(set(expected) - set(sd) - may_miss)
     if unknown or missing:
-        raise CheckpointError(f"{where}: projector weights do not match mm_projector_type "
-                              f"{model.config.projector_type!r} (missing {missing[:4]}, unexpected {unknown[:4]})")
+        raise CheckpointError(f"{where}: {what} weights do not match {source} ({len(missing)} missing, e.g. "
+                              f"{missing[:3]}; {len(unknown)} unexpected, e.g. {unknown[:3]})")
     for key, tensor in sd.items():
         if tuple(tensor.shape) != expected[key]:
-            raise CheckpointError(f"{where}: projector weight {key} has shape {list(tensor.shape)}, expected "
-                                  f"{list(expected[key])} (mm_hidden_size x sources -> LLM hidden_size)")
+            raise CheckpointError(f"{where}: {what} weight {key} has shape {list(tensor.shape)}, expected "
+                                  f"{list(expected[key])} from {source}")
+
+
+def _load_projector(model: FlorenceVLForCausalLM, sd: dict, where: Path, dtype: torch.dtype | None = None) -> None:
+    _check_weights(sd, model.mm_projector, where, "projector",
+                   f"mm_projector_type {model.config.projector_type!r} (mm_hidden_size x sources -> LLM hidden_size)")
     model.mm_projector.to(dtype or next(iter(sd.values())).dtype)  # the asked dtype, else the file's
     model.mm_projector.load_state_dict(sd)
 
@@ -196,17 +204,9 @@ def _load_llava(directory: Path, dtype, allow_pickle: bool) -> FlorenceVLBundle:
     llm_sd = {k: v for k, v in sd.items() if not k.startswith(PROJECTOR_PREFIX)}
     with torch.device("meta"):
         llm = AutoModelForCausalLM.from_config(llm_config)
-    expected = {k: tuple(v.shape) for k, v in llm.state_dict().items()}
     tied = bool(getattr(llm_config, "tie_word_embeddings", False))
-    unknown = sorted(set(llm_sd) - set(expected))
-    missing = sorted(k for k in set(expected) - set(llm_sd) if not (tied and k == "lm_head.weight"))
-    if unknown or missing:
-        raise CheckpointError(f"{directory}: LLM weights do not match config.json ({len(missing)} missing, e.g. "
-                              f"{missing[:3]}; {len(unknown)} unexpected, e.g. {unknown[:3]})")
-    for key, tensor in llm_sd.items():
-        if tuple(tensor.shape) != expected[key]:
-            raise CheckpointError(f"{directory}: LLM weight {key} has shape {list(tensor.shape)}, expected "
-                                  f"{list(expected[key])} from config.json")
+    _check_weights(llm_sd, llm, directory, "LLM", "config.json",
+                   may_miss=frozenset({"lm_head.weight"}) if tied else frozenset())
     if dtype is not None:
         llm_sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in llm_sd.items()}
     llm.load_state_dict(llm_sd, strict=False, assign=True)
