@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from .errors import FlorenceVLError, InputError
-from .florence2.postprocess import BOX_SCORES
+from .florence2.postprocess import BOX_SCORES, DEFAULT_BOX_SCORE
 from .serve.server import add_arguments as add_serve_arguments
 
 EXIT_USER_ERROR = 2
@@ -45,7 +45,7 @@ def _add_output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-loop-stop", dest="stop_loops", action="store_false",
                    help="Florence-2 tasks: let an output that has fallen into a runaway loop (the same 1-8 tokens again and again) "
                    "run on to --max-new-tokens; by default it is stopped and keeps one copy of the loop")
-    p.add_argument("--box-score", default=BOX_SCORES[0], choices=BOX_SCORES,
+    p.add_argument("--box-score", default=DEFAULT_BOX_SCORE, choices=BOX_SCORES,
                    help="each box's and polygon's score: label_x_loc = P(label) x P(its <loc_k> tokens), which ranks "
                    "detections best for mAP; loc = the <loc_k> tokens alone (the published 'avg_loc_scores'); "
                    "label = the label alone ('avg_cat_name_scores') (default: %(default)s)")

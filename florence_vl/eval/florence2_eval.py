@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 
 from ..errors import InputError
 from ..florence2.export import _write_atomic, coco_results
-from ..florence2.postprocess import parse_output
+from ..florence2.postprocess import DEFAULT_BOX_SCORE, parse_output
 from ..florence2.results import TaskResult
 from ..florence2.runner import Florence2, TaskRequest
 from .metrics import (caption_scores, character_error_rate, detection_map, format_table,
@@ -205,7 +205,7 @@ def evaluate_florence2(florence: Florence2 | None, data_dir, *, limit: int | Non
                        progress: bool = True, max_expressions_per_image: int = 2,
                        baseline_train_scenes: int = 500, ocr_with_region: bool = True,
                        caption_tasks: Sequence[str] = tuple(CAPTION_TASKS), stop_loops: bool = True,
-                       box_score: str = "label_x_loc") -> dict:
+                       box_score: str = DEFAULT_BOX_SCORE) -> dict:
     """Score `florence` (or `predict`) on the split folder `data_dir` (see the module docstring).
 
     `limit` keeps the first `limit` images. Ratios over an empty set (no image with text, say) are None;

@@ -27,7 +27,8 @@ from .coordinates import LOC_RE, dequantize_points, parse_loc_bins
 from .special_tokens import strip_special_tokens
 from .tasks import Task, get_task
 
-BOX_SCORES = ("label_x_loc", "loc", "label")  # the first is the default; see the module docstring
+BOX_SCORES = ("label_x_loc", "loc", "label")  # see the module docstring
+DEFAULT_BOX_SCORE = BOX_SCORES[0]
 
 # Words a grounding phrase must not be on its own: the published processor drops these pronouns and
 # fillers, which the model sometimes grounds to the whole image.
@@ -117,10 +118,9 @@ def _runs_with_phrases(text: str, run_re: re.Pattern):
         previous_end = m.end()
 
 
-def check_box_score(box_score: str) -> str:
+def check_box_score(box_score: str) -> None:
     if box_score not in BOX_SCORES:
         raise InputError(f"unknown box score {box_score!r}; choose one of {', '.join(BOX_SCORES)}")
-    return box_score
 
 
 def _instance_score(box_score: str, label_score: float | None, loc_score: float | None) -> float | None:
@@ -131,7 +131,7 @@ def _instance_score(box_score: str, label_score: float | None, loc_score: float 
 
 
 def parse_boxes(decoded: Decoded, size, *, allow_empty_phrase: bool, banned: frozenset = frozenset(),
-                box_score: str = BOX_SCORES[0]) -> dict:
+                box_score: str = DEFAULT_BOX_SCORE) -> dict:
     bboxes, labels, scores = [], [], []
     for phrase, m in _runs_with_phrases(decoded.text, _LOC_RUN_RE):
         label = _phrase(phrase)
@@ -150,7 +150,7 @@ def parse_boxes(decoded: Decoded, size, *, allow_empty_phrase: bool, banned: fro
     return out
 
 
-def parse_polygons(decoded: Decoded, size, *, allow_empty_phrase: bool, box_score: str = BOX_SCORES[0]) -> dict:
+def parse_polygons(decoded: Decoded, size, *, allow_empty_phrase: bool, box_score: str = DEFAULT_BOX_SCORE) -> dict:
     polygons, labels, scores = [], [], []
     for phrase, m in _runs_with_phrases(decoded.text, _POLY_RUN_RE):
         label = _phrase(phrase)
@@ -200,7 +200,7 @@ def parse_ocr(decoded: Decoded, size) -> dict:
 
 
 def parse_output(task: Task | str, generated: str | Decoded, image_size: tuple[int, int], *,
-                 box_score: str = BOX_SCORES[0]) -> Any:
+                 box_score: str = DEFAULT_BOX_SCORE) -> Any:
     """The structured output of `task` from its generated text (or a Decoded with token scores, which
     `box_score` turns into each box's and polygon's score: see the module docstring)."""
     check_box_score(box_score)

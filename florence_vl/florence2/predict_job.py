@@ -20,6 +20,7 @@ from ..images import load_image
 from ..journal import JournalWriter, progress_bar, stderr_log  # noqa: F401 - stderr_log: the CLI's logger
 from ..journal import read_journal as journal_lines
 from .export import results_from_json, results_to_json, write_coco_results, write_json
+from .postprocess import DEFAULT_BOX_SCORE
 
 FORMATS = ("json", "jsonl", "coco")
 
@@ -70,7 +71,7 @@ def plan_job(paths: Sequence[Path], task: str, journal: Path, log: Callable[[str
 
 def run_job(florence, plan: JobPlan, journal: Path, *, task: str, text: str | None, region, batch_size: int,
             num_beams: int, max_new_tokens: int, log: Callable[[str], None], progress: bool = True,
-            stop_loops: bool = True, box_score: str = "label_x_loc") -> list[dict]:
+            stop_loops: bool = True, box_score: str = DEFAULT_BOX_SCORE) -> list[dict]:
     """Run the plan's images `batch_size` at a time, appending each batch to the journal; new records."""
     from .runner import TaskRequest
 

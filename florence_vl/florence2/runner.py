@@ -23,7 +23,7 @@ from ..errors import InputError
 from ..images import load_image
 from .geometry import num_image_tokens, processor_image_size
 from .loop_stop import RunawayLoopStop, drop_loop
-from .postprocess import BOX_SCORES, check_box_score, decode_with_spans, parse_output
+from .postprocess import DEFAULT_BOX_SCORE, check_box_score, decode_with_spans, parse_output
 from .results import TaskResult
 from .tasks import Task, build_prompt, get_task
 
@@ -148,7 +148,7 @@ class Florence2:
     def run_requests(self, requests: Sequence[TaskRequest], *, batch_size: int = 8, num_beams: int = 3,
                      max_new_tokens: int = 1024, with_scores: bool = True, progress: bool = False,
                      vision_batch_size: int | None = None, stop_loops: bool = True,
-                     box_score: str = BOX_SCORES[0], **generation_kwargs) -> list[TaskResult]:
+                     box_score: str = DEFAULT_BOX_SCORE, **generation_kwargs) -> list[TaskResult]:
         """Run many (image, task, input) requests, `batch_size` at a time; results keep the request order.
 
         num_beams=1 is greedy search. Requests are grouped by prompt length to waste little on padding.
@@ -245,7 +245,7 @@ class Florence2:
     @torch.inference_mode()
     def _generate(self, prepared: Sequence[_Prepared], num_beams: int, max_new_tokens: int, with_scores: bool,
                   generation_kwargs: dict, vision_batch_size: int | None = None,
-                  stop_loops: bool = True, box_score: str = BOX_SCORES[0]) -> list[TaskResult]:
+                  stop_loops: bool = True, box_score: str = DEFAULT_BOX_SCORE) -> list[TaskResult]:
         inputs = {k: v.to(self.model.device) for k, v in self.encode(prepared).items()}
         config = self.generation_config(num_beams, max_new_tokens, output_scores=with_scores,
                                         return_dict_in_generate=True, **generation_kwargs)
