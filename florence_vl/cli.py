@@ -332,20 +332,6 @@ def cmd_world(args) -> int:
     return 0
 
 
-def _read_yaml(path: str) -> dict:
-    import yaml
-
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise InputError(f"recipe not found: {path}") from None
-    except yaml.YAMLError as error:
-        raise InputError(f"{path} is not valid YAML ({str(error).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path} must hold a mapping of recipe fields")
-    return data
-
-
 def cmd_train(args) -> int:
     if args.stage == "vl":
         from .train.vl import VLRecipe as Recipe, run
@@ -355,8 +341,9 @@ def cmd_train(args) -> int:
         from .train.object_crops import ObjectCropRecipe as Recipe, run
     else:
         from .train.florence2 import Florence2Recipe as Recipe, run
+    from .train.recipe_file import read_recipe
 
-    data = _read_yaml(args.config)
+    data = read_recipe(args.config)
     if args.out:
         data["out_dir"] = args.out
     if args.steps and args.stage != "vl":  # the VL recipe sets its steps per stage

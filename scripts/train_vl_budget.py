@@ -17,8 +17,7 @@ import shutil
 import time
 from pathlib import Path
 
-import yaml
-
+from florence_vl.train.recipe_file import read_recipe
 from florence_vl.train.vl import VLRecipe, run
 
 
@@ -37,7 +36,7 @@ def main() -> None:
     parser.add_argument("--min-steps", type=int, default=200, help="stage 2 never gets fewer steps than this")
     args = parser.parse_args()
     deadline = time.monotonic() + 60 * args.minutes
-    recipe = VLRecipe.from_dict(yaml.safe_load(Path(args.config).read_text()))
+    recipe = VLRecipe.from_dict(read_recipe(args.config))
     out = Path(recipe.out_dir)
 
     run(recipe, stages=("lm", "stage1"))
