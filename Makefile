@@ -59,27 +59,16 @@ nano-loc: install
 	$(MAKE) eval-nano NANO_MODEL=runs/florence2-nano-loc/model
 
 # Then a tower stage (DaViT on labelled object crops, configs/florence2-nano-crops.yaml, ~11 min) and stage 3,
-# names, in thirteen parts (configs/florence2-nano-names.yaml and -names-2.yaml, ~27 min each, -names-3.yaml, ~50 min,
-# -names-4.yaml, ~25 min with AVX-512, ~85 min on an AVX2-only CPU, -names-5.yaml, ~15 / ~50 min, -names-6.yaml,
-# ~15 min on an AMX CPU, -names-7.yaml and -names-8.yaml, ~20-25 min each on an AMX CPU, -names-9.yaml, ~35 min on AMX, -names-10.yaml, ~63 min, -names-11.yaml and -names-12.yaml, ~34 min each, -names-13.yaml, ~106 min, on a 2-core AVX2 EPYC):
-# the encoder and decoder learn to read the new tower, which keeps its shape loss. The result is the shipped Florence-2-nano (docs/nano.md).
+# names, in fourteen parts (configs/florence2-nano-names.yaml, then -names-2.yaml .. -names-14.yaml, each starting
+# from the one before; their times, ~15 to ~106 min each and ~9 h in all on a 2-core AVX2 EPYC, are in docs/nano.md):
+# the encoder and decoder learn to read the new tower, which keeps its shape loss. The result is the shipped
+# Florence-2-nano (docs/nano.md).
+NAMES_PARTS := names $(addprefix names-,2 3 4 5 6 7 8 9 10 11 12 13 14)
 nano-names: install
 	test -f runs/florence2-nano-loc/model/config.json || $(MAKE) nano-loc
 	$(BIN)/florence-vl train crops configs/florence2-nano-crops.yaml
-	$(BIN)/florence-vl train florence2 configs/florence2-nano-names.yaml
-	$(BIN)/florence-vl train florence2 configs/florence2-nano-names-2.yaml
-	$(BIN)/florence-vl train florence2 configs/florence2-nano-names-3.yaml
-	$(BIN)/florence-vl train florence2 configs/florence2-nano-names-4.yaml
-	$(BIN)/florence-vl train florence2 configs/florence2-nano-names-5.yaml
-	$(BIN)/florence-vl train florence2 configs/florence2-nano-names-6.yaml
-	$(BIN)/florence-vl train florence2 configs/florence2-nano-names-7.yaml
-	$(BIN)/florence-vl train florence2 configs/florence2-nano-names-8.yaml
-	$(BIN)/florence-vl train florence2 configs/florence2-nano-names-9.yaml
-	$(BIN)/florence-vl train florence2 configs/florence2-nano-names-10.yaml
-	$(BIN)/florence-vl train florence2 configs/florence2-nano-names-11.yaml
-	$(BIN)/florence-vl train florence2 configs/florence2-nano-names-12.yaml
-	$(BIN)/florence-vl train florence2 configs/florence2-nano-names-13.yaml
-	$(MAKE) eval-nano NANO_MODEL=runs/florence2-nano-names-13/model
+	for part in $(NAMES_PARTS); do $(BIN)/florence-vl train florence2 configs/florence2-nano-$$part.yaml || exit 1; done
+	$(MAKE) eval-nano NANO_MODEL=runs/florence2-nano-names-14/model
 
 PARTS ?= unicl,florence2
 ship-nano: install
