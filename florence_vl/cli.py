@@ -158,12 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("stage", choices=["florence2", "unicl", "vl"],
                           help="florence2: every task metric on --data; unicl: zero-shot classification and "
                           "image-text retrieval on --split")
-    evaluate.add_argument("--data", help="florence2: directory written by `florence-vl world generate`")
+    evaluate.add_argument("--data", help="florence2 and vl: directory written by `florence-vl world generate`")
     evaluate.add_argument("--split", default="test", choices=["val", "test", "test-novel"],
                           help="unicl: the world split, generated in memory (default: test)")
     evaluate.add_argument("--n", type=int, default=200, help="unicl: number of scenes (default: 200)")
     evaluate.add_argument("--out", help="write the metrics as JSON here")
-    evaluate.add_argument("--limit", type=int, help="florence2: evaluate only the first N images")
+    evaluate.add_argument("--limit", type=int, help="florence2 and vl: evaluate only the first N images")
     _add_model_options(evaluate)
     _add_output_options(evaluate)
     evaluate.set_defaults(beams=1, max_new_tokens=256)

@@ -80,7 +80,8 @@ def florence2_lines(records: list[dict]) -> list[dict]:
     return [{"image": r["image"], **example} for r in records for example in florence2_examples(r)]
 
 
-def _instruction(item: dict) -> str:
+def question_instruction(item: dict) -> str:
+    """A world question as the instruction data asks it: the question, then how to answer (a word, or a letter)."""
     return f"{item['question']}\n{MC_ANSWER if item['type'] == 'multiple_choice' else SHORT_ANSWER}"
 
 
@@ -102,7 +103,7 @@ def llava_instruct(records: list[dict], max_turns: int = 8) -> list[dict]:
         for start in range(0, len(qa), max_turns):
             turns = []
             for i, item in enumerate(qa[start:start + max_turns]):
-                turns.append({"from": "human", "value": ("<image>\n" if i == 0 else "") + _instruction(item)})
+                turns.append({"from": "human", "value": ("<image>\n" if i == 0 else "") + question_instruction(item)})
                 turns.append({"from": "gpt", "value": item["answer"]})
             out.append({"id": f"{r['image_id']:06d}_{start // max_turns}", "image": r["image"],
                         "conversations": turns})

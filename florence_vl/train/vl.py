@@ -1,7 +1,10 @@
 """Florence-VL training: the nano LLM's tokenizer and language-model pretraining, then the two stages.
 
     stage "lm":      the LLM alone on the world's text (captions, questions with answers), so that the
-                     nano LLM speaks the world's language before it sees an image;
+                     nano LLM speaks the world's language before it sees an image; optionally after a
+                     synthetic associative-recall warm-up (train/recall.py) and with questions answered from
+                     the scene's description written where the image will go (`grounded_qa`), so that it
+                     learns to look things up in its context before the context is an image;
     stage "stage1":  everything trains end to end (Florence-2 included, gradients really reach it: tested)
                      on detailed captions with the `plain` template;
     stage "stage2":  projector + LLM on instruction data (LLaVA conversations), Florence-2 frozen and run
@@ -24,6 +27,7 @@ from ..errors import InputError
 from ..vl.model import FlorenceVLForCausalLM, VLConfig
 from ..vl.processor import VLProcessor
 from .loop import LoopConfig, train
+from .recall import RecallBatches
 
 STAGES = ("lm", "stage1", "stage2")
 
@@ -44,6 +48,15 @@ class StageConfig:
 
 
 @dataclass
+class RecallConfig:
+    steps: int = 0            # warm-up steps on associative recall alone, before the LM stage (0: none)
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight: float = 0.3       # then mixed into every LM step at this weight, so the lookup is kept (0: not)
+    mix_batch_size: int = 32  # recall rows per LM step
+
+
+@dataclass
 class VLRecipe:
     out_dir: str
     florence2: str = "models/nano/florence2"     # Florence-2 checkpoint (either layout)
@@ -52,6 +65,8 @@ class VLRecipe:
     text_data: str | None = None                # records.jsonl folder for tokenizer + LM text (default: stage1's)
     vl: dict = field(default_factory=dict)      # VLConfig fields
     stage2_template: str = "phi3"
+    recall: RecallConfig = field(default_factory=RecallConfig)
+    grounded_qa: int = 0                        # per LM step: questions answered from the scene's description
     lm: StageConfig = field(default_factory=StageConfig)
     stage1: StageConfig = field(default_factory=StageConfig)
     stage2: StageConfig = field(default_factory=StageConfig)
@@ -60,7 +75,8 @@ class VLRecipe:
     def from_dict(cls, data: dict) -> "VLRecipe":
         data = dict(data)
         stages = {name: StageConfig.from_dict(data.pop(name, {})) for name in STAGES}
-        return cls(**stages, **data)
+        recall = RecallConfig(**(data.pop("recall", None) or {}))
+        return cls(**stages, recall=recall, **data)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -105,8 +121,66 @@ class TextBatches:
         return batch
 
 
+def grounded_questions(folder: str | Path) -> dict[str, list[tuple[str, str]]]:
+    """The split's questions by type as (user turn, answer), the user turn holding the scene's most detailed
+    description where the image goes: the answer is in the text, to be looked up."""
+    from ..data.formats import question_instruction, read_records
+
+    by_type: dict[str, list[tuple[str, str]]] = {}
+    for record in read_records(folder):
+        for qa in record.get("qa", []):
+            user = f"{record['captions']['more_detailed']}\n{question_instruction(qa)}"
+            by_type.setdefault(qa["type"], []).append((user, qa["answer"]))
+    return by_type
+
+
+class GroundedBatches:
+    """`batch_size` single-turn questions per step in the stage-2 template, the type first drawn uniformly (so
+    the rare types count as much as existence), answer-only labels."""
+
+    def __init__(self, by_type: dict[str, list[tuple[str, str]]], processor, batch_size: int, seed: int = 0):
+        if not by_type:
+            raise InputError("grounded_qa needs questions in the text data's records.jsonl")
+        self.by_type, self.types = by_type, sorted(by_type)
+        self.processor, self.batch_size, self.seed = processor, batch_size, seed
+
+    def __call__(self, step: int) -> dict:
+        from ..vl.model import pad_rows
+
+        rng = random.Random(f"{self.seed}-grounded-{step}")
+        rows, labels = [], []
+        for _ in range(self.batch_size):
+            user, answer = rng.choice(self.by_type[rng.choice(self.types)])
+            ids, target = self.processor.encode([(user, answer)])
+            rows.append(ids)
+            labels.append(target)
+        return pad_rows(rows, self.processor.tokenizer.pad_token_id, labels=labels)
+
+
 def lm_loss(model, batch: dict) -> torch.Tensor:
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+
+
+class MixedLMBatches:
+    """The LM stage's step: world text, plus grounded questions and recall rows when the recipe asks for them."""
+
+    def __init__(self, text: TextBatches, grounded: GroundedBatches | None = None,
+                 recall: RecallBatches | None = None):
+        self.parts = {"text": text, "grounded": grounded, "recall": recall}
+
+    def __call__(self, step: int) -> dict:
+        return {name: make(step) for name, make in self.parts.items() if make is not None}
+
+
+def mixed_lm_loss(recall_weight: float):
+    def loss_fn(model, batch: dict) -> torch.Tensor:
+        loss = lm_loss(model, batch["text"])
+        if "grounded" in batch:
+            loss = loss + lm_loss(model, batch["grounded"])
+        if "recall" in batch:
+            loss = loss + recall_weight * lm_loss(model, batch["recall"])
+        return loss
+    return loss_fn
 
 
 def vl_loss(model, batch: dict) -> torch.Tensor:
@@ -197,10 +271,27 @@ def run(recipe: VLRecipe, *, progress: bool = True, stages: tuple[str, ...] = ST
     if "lm" in stages and recipe.lm.loop.steps > 0 and not (lm_dir / "config.json").exists():
         torch.manual_seed(recipe.lm.loop.seed)
         llm = build_llm(tokenizer, recipe.llm_size)
-        batches = TextBatches(world_texts(text_folder), tokenizer, recipe.lm.batch_size, recipe.lm.max_length,
-                              recipe.lm.loop.seed)
         llm.train()
-        train(llm, batches, lm_loss, recipe.lm.loop, out / "lm", progress=progress)
+        mix = None
+        if recipe.recall.steps > 0:
+            vocab, bos, pad = len(tokenizer), tokenizer.bos_token_id, tokenizer.pad_token_id
+            warmup = LoopConfig(steps=recipe.recall.steps, lr=recipe.recall.lr, weight_decay=0.0, warmup_steps=50,
+                                min_lr_ratio=1.0, precision="no", log_every=recipe.lm.loop.log_every,
+                                save_every=recipe.recall.steps, seed=recipe.lm.loop.seed)
+            recall = RecallBatches(vocab, bos, pad, recipe.recall.batch_size, seed=recipe.lm.loop.seed)
+            train(llm, recall, lm_loss, warmup, out / "recall", progress=progress)
+            if recipe.recall.weight > 0:
+                mix = RecallBatches(vocab, bos, pad, recipe.recall.mix_batch_size, seed=f"{recipe.lm.loop.seed}-mix")
+        grounded = None
+        if recipe.grounded_qa > 0:
+            processor = VLProcessor(tokenizer, None, recipe.stage2_template, "pad",
+                                    max_length=recipe.stage2.max_length)
+            grounded = GroundedBatches(grounded_questions(text_folder), processor, recipe.grounded_qa,
+                                       recipe.lm.loop.seed)
+        text = TextBatches(world_texts(text_folder), tokenizer, recipe.lm.batch_size, recipe.lm.max_length,
+                           recipe.lm.loop.seed)
+        mixed = MixedLMBatches(text, grounded, mix)
+        train(llm, mixed, mixed_lm_loss(recipe.recall.weight), recipe.lm.loop, out / "lm", progress=progress)
         llm.save_pretrained(str(lm_dir))
         tokenizer.save_pretrained(str(lm_dir))
 
