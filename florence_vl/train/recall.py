@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import random
 
-import torch
-
 from ..vl.model import IGNORE_INDEX, pad_rows
+from ..vl.nano_llm import CHAT_TOKENS, SPECIALS
+
+FIRST_ORDINARY_ID = len(SPECIALS) + len(CHAT_TOKENS)  # the recipe's tokenizers put their special tokens first
 
 
 class RecallBatches:
@@ -22,7 +23,7 @@ class RecallBatches:
     [first_id, vocab_size) (first_id skips the special tokens); values may repeat."""
 
     def __init__(self, vocab_size: int, bos_id: int, pad_id: int, batch_size: int = 64,
-                 pairs: tuple[int, int] = (3, 10), seed: int | str = 0, first_id: int = 8):
+                 pairs: tuple[int, int] = (3, 10), seed: int | str = 0, first_id: int = FIRST_ORDINARY_ID):
         if vocab_size - first_id < pairs[1]:
             raise ValueError(f"a vocabulary of {vocab_size} has too few ids for {pairs[1]} distinct keys")
         self.vocab_size, self.bos_id, self.pad_id = vocab_size, bos_id, pad_id
@@ -41,11 +42,3 @@ class RecallBatches:
             labels.append([IGNORE_INDEX] * (len(row) - 1) + [values[query]])
         return pad_rows(rows, self.pad_id, labels=labels)
 
-
-@torch.no_grad()
-def recall_accuracy(model, batch: dict) -> float:
-    """Fraction of rows whose target value is the model's top prediction."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    predicted, labels = logits[:, :-1].argmax(-1), batch["labels"][:, 1:]
-    target = labels != IGNORE_INDEX
-    return (predicted[target] == labels[target]).float().mean().item()

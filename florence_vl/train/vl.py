@@ -24,7 +24,7 @@ import torch
 
 from ..data.llava import LazyLLaVADataset, StepBatches
 from ..errors import InputError
-from ..vl.model import FlorenceVLForCausalLM, VLConfig
+from ..vl.model import FlorenceVLForCausalLM, VLConfig, pad_rows
 from ..vl.processor import VLProcessor
 from .loop import LoopConfig, train
 from .recall import RecallBatches
@@ -115,8 +115,6 @@ class TextBatches:
         for _ in range(self.batch_size):
             ids = self.tokenizer(rng.choice(self.texts), add_special_tokens=False)["input_ids"]
             rows.append([self.tokenizer.bos_token_id] + ids[: self.max_length - 2] + [self.tokenizer.eos_token_id])
-        from ..vl.model import pad_rows
-
         batch = pad_rows(rows, self.tokenizer.pad_token_id, labels=rows)
         return batch
 
@@ -145,8 +143,6 @@ class GroundedBatches:
         self.processor, self.batch_size, self.seed = processor, batch_size, seed
 
     def __call__(self, step: int) -> dict:
-        from ..vl.model import pad_rows
-
         rng = random.Random(f"{self.seed}-grounded-{step}")
         rows, labels = [], []
         for _ in range(self.batch_size):
