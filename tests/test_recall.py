@@ -57,7 +57,8 @@ def test_lm_stage_runs_the_warm_up_then_mixes_recall_and_grounded_questions(tmp_
     quick = {"batch_size": 2, "max_length": 96, "loop": {"steps": 2, "warmup_steps": 1, "log_every": 1,
                                                          "save_every": 100, "lr": 1e-2}}
     recipe = VLRecipe.from_dict({"out_dir": str(tmp_path / "run"), "llm_size": "tiny", "tokenizer_vocab": 400,
-                                 "text_data": str(world), "lm": quick, "grounded_qa": 2,
+                                 "text_data": str(world), "lm": quick,
+                                 "grounded_qa": 2, "grounded_types": ["count", "exist"],
                                  "recall": {"steps": 3, "batch_size": 4, "mix_batch_size": 2}})
     run(recipe, progress=False, stages=("lm",))
     warm = [json.loads(line) for line in (tmp_path / "run" / "recall" / "log.jsonl").read_text().splitlines()]
@@ -78,3 +79,41 @@ def test_mixed_lm_loss_adds_grounded_and_weighted_recall_to_the_text_loss():
     loss = mixed_lm_loss(0.3)
     assert loss(Echo(), {"text": part(1)}).item() == 1.0
     assert loss(Echo(), {"text": part(1), "grounded": part(2), "recall": part(10)}).item() == pytest.approx(6.0)
+
+
+def test_grounded_types_keep_only_those_and_name_the_ones_that_do_not_exist(tmp_path):
+    from florence_vl.data.formats import write_split
+    from florence_vl.errors import InputError
+    from florence_vl.train.vl import grounded_questions
+
+    write_split("train", 4, tmp_path, progress=False)
+    everything = grounded_questions(tmp_path)
+    kept = grounded_questions(tmp_path, ["color", "count"])
+    assert sorted(kept) == ["color", "count"] and kept["count"] == everything["count"]
+    with pytest.raises(InputError, match="colour"):
+        grounded_questions(tmp_path, ["colour"])
+
+
+def test_lookup_accuracy_is_exact_match_of_the_answer_tokens_per_type():
+    from florence_vl.train.vl import lookup_accuracy
+    from florence_vl.vl.processor import VLProcessor
+    from vl_tiny import llm_tokenizer
+
+    class Predicts(torch.nn.Module):
+        """Next-token logits: the true next token (a model that is always right) or a fixed wrong one."""
+        def __init__(self, right: bool, vocab: int):
+            super().__init__()
+            self.right, self.vocab = right, vocab
+
+        def forward(self, input_ids, attention_mask):
+            nxt = input_ids.roll(-1, dims=1) if self.right else torch.full_like(input_ids, 5)
+            return type("Out", (), {"logits": torch.nn.functional.one_hot(nxt, self.vocab).float()})()
+
+    tok = llm_tokenizer()
+    processor = VLProcessor(tok, None, "phi3", "pad", max_length=256)
+    by_type = {"color": [("A red circle.\nWhat color is the circle?", "red")] * 5,
+               "count": [("Two shapes.\nHow many shapes are there?", "2")] * 3}
+    right = Predicts(True, len(tok)).train()
+    assert lookup_accuracy(right, processor, by_type, per_type=4, batch_size=3) == {"color": 1.0, "count": 1.0}
+    assert right.training                                               # left as it was found
+    assert lookup_accuracy(Predicts(False, len(tok)), processor, by_type) == {"color": 0.0, "count": 0.0}

@@ -24,7 +24,7 @@ import torch
 
 from ..data.llava import LazyLLaVADataset, StepBatches
 from ..errors import InputError
-from ..vl.model import FlorenceVLForCausalLM, VLConfig, pad_rows
+from ..vl.model import IGNORE_INDEX, FlorenceVLForCausalLM, VLConfig, pad_rows
 from ..vl.processor import VLProcessor
 from .loop import LoopConfig, train
 from .recall import RecallBatches
@@ -67,6 +67,7 @@ class VLRecipe:
     stage2_template: str = "phi3"
     recall: RecallConfig = field(default_factory=RecallConfig)
     grounded_qa: int = 0                        # per LM step: questions answered from the scene's description
+    grounded_types: list[str] = field(default_factory=list)  # ... of these question types only (empty: all)
     lm: StageConfig = field(default_factory=StageConfig)
     stage1: StageConfig = field(default_factory=StageConfig)
     stage2: StageConfig = field(default_factory=StageConfig)
@@ -119,9 +120,9 @@ class TextBatches:
         return batch
 
 
-def grounded_questions(folder: str | Path) -> dict[str, list[tuple[str, str]]]:
+def grounded_questions(folder: str | Path, types: list[str] | tuple[str, ...] = ()) -> dict[str, list[tuple[str, str]]]:
     """The split's questions by type as (user turn, answer), the user turn holding the scene's most detailed
-    description where the image goes: the answer is in the text, to be looked up."""
+    description where the image goes: the answer is in the text, to be looked up. `types` keeps only those."""
     from ..data.formats import question_instruction, read_records
 
     by_type: dict[str, list[tuple[str, str]]] = {}
@@ -129,7 +130,37 @@ def grounded_questions(folder: str | Path) -> dict[str, list[tuple[str, str]]]:
         for qa in record.get("qa", []):
             user = f"{record['captions']['more_detailed']}\n{question_instruction(qa)}"
             by_type.setdefault(qa["type"], []).append((user, qa["answer"]))
-    return by_type
+    unknown = sorted(set(types) - set(by_type))
+    if unknown:
+        raise InputError(f"grounded_types {unknown} are not question types of {folder}; it has {sorted(by_type)}")
+    return {kind: by_type[kind] for kind in types} if types else by_type
+
+
+@torch.no_grad()
+def lookup_accuracy(llm, processor, by_type: dict[str, list[tuple[str, str]]], per_type: int = 60,
+                    batch_size: int = 60, seed: int = 0) -> dict[str, float]:
+    """Exact match of the answer tokens, teacher-forced (every answer token the argmax), on `per_type` questions
+    of each type answered from the description in the prompt: whether the LLM looks the answer up in its
+    context, before any image is involved (docs/florence-vl.md, 2026-12-07)."""
+    rng = random.Random(seed)
+    items = [(kind, item) for kind in sorted(by_type)
+             for item in rng.sample(by_type[kind], min(per_type, len(by_type[kind])))]
+    hits: dict[str, int] = {}
+    was_training = llm.training
+    llm.eval()
+    for start in range(0, len(items), batch_size):
+        chunk = items[start:start + batch_size]
+        encoded = [processor.encode([item]) for _, item in chunk]
+        batch = pad_rows([ids for ids, _ in encoded], processor.tokenizer.pad_token_id,
+                         labels=[labels for _, labels in encoded])
+        logits = llm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        predicted, labels = logits[:, :-1].argmax(-1), batch["labels"][:, 1:]
+        right = ((predicted == labels) | (labels == IGNORE_INDEX)).all(dim=1)
+        for (kind, _), ok in zip(chunk, right.tolist()):
+            hits[kind] = hits.get(kind, 0) + int(ok)
+    llm.train(was_training)
+    counts = {kind: sum(1 for k, _ in items if k == kind) for kind in hits}
+    return {kind: hits[kind] / counts[kind] for kind in sorted(hits)}
 
 
 class GroundedBatches:
@@ -282,8 +313,8 @@ def run(recipe: VLRecipe, *, progress: bool = True, stages: tuple[str, ...] = ST
         if recipe.grounded_qa > 0:
             processor = VLProcessor(tokenizer, None, recipe.stage2_template, "pad",
                                     max_length=recipe.stage2.max_length)
-            grounded = GroundedBatches(grounded_questions(text_folder), processor, recipe.grounded_qa,
-                                       recipe.lm.loop.seed)
+            grounded = GroundedBatches(grounded_questions(text_folder, recipe.grounded_types), processor,
+                                       recipe.grounded_qa, recipe.lm.loop.seed)
         text = TextBatches(world_texts(text_folder), tokenizer, recipe.lm.batch_size, recipe.lm.max_length,
                            recipe.lm.loop.seed)
         mixed = MixedLMBatches(text, grounded, mix)
