@@ -138,3 +138,49 @@ def test_stage2_feature_cache_runs_each_image_once_and_changes_nothing(tmp_path,
     assert plain_images == 6 * 4
     assert cached_images <= 6, "each of the 6 images at most once"
     assert cached_images < plain_images
+
+
+def test_with_lookup_loss_adds_the_llm_only_parts_to_the_image_loss():
+    from florence_vl.train.vl import with_lookup_loss
+
+    class Echo(torch.nn.Module):  # its loss is the batch's first token id, so each part is recognisable
+        def forward(self, input_ids, attention_mask, labels, **image):
+            return type("Out", (), {"loss": input_ids[0, 0].float()})()
+
+    class VL(Echo):
+        llm = Echo()
+
+    part = lambda value: {"input_ids": torch.tensor([[value]]), "attention_mask": torch.ones(1, 1),  # noqa: E731
+                          "labels": torch.tensor([[value]])}
+    loss = with_lookup_loss(0.5)
+    assert loss(VL(), {"vl": dict(part(1), pixel_values=None)}).item() == 1.0
+    both = {"vl": dict(part(1), pixel_values=None), "grounded": part(2), "recall": part(10)}
+    assert loss(VL(), both).item() == pytest.approx(8.0)
+
+
+def test_image_stages_keep_the_lookup_when_asked(tmp_path, world, tiny_florence2_dir, monkeypatch):
+    from florence_vl.errors import InputError
+    from florence_vl.train.vl import build_tokenizer, run, stage_lookup, world_texts
+
+    quick = {"batch_size": 2, "max_length": 160, "grounded_qa": 2, "recall_rows": 3,
+             "loop": {"steps": 2, "warmup_steps": 1, "log_every": 1, "save_every": 100, "lr": 1e-2}}
+    recipe = _recipe(tmp_path, world, tiny_florence2_dir, grounded_types=["count"],
+                     stage1=dict(quick, data=str(world / "llava_pretrain.json")),
+                     stage2=dict(quick, data=str(world / "llava_instruct.json")))
+    tok = build_tokenizer(recipe, world_texts(world))
+    grounded, recall, weight = stage_lookup(recipe, "stage2", tok, world)
+    assert grounded(0)["input_ids"].shape[0] == 2 and recall(0)["input_ids"].shape[0] == 3
+    assert weight == recipe.recall.weight
+    assert stage_lookup(_recipe(tmp_path, world, tiny_florence2_dir), "stage1", tok, world) is None
+    final = run(recipe, progress=False)
+    assert (final / "florence_vl.json").exists()
+
+    def log(root, stage):
+        return [json.loads(line) for line in (root / "run" / stage / "log.jsonl").read_text().splitlines()]
+
+    assert [r["step"] for r in log(tmp_path, "stage1")] == [1, 2] == [r["step"] for r in log(tmp_path, "stage2")]
+    run(_recipe(tmp_path / "plain", world, tiny_florence2_dir), progress=False)   # the same recipe, no lookup parts
+    assert log(tmp_path, "stage1")[0]["loss"] > log(tmp_path / "plain", "stage1")[0]["loss"]  # the parts add to it
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(InputError, match="one process"):
+        stage_lookup(recipe, "stage1", tok, world)

@@ -9,6 +9,8 @@
                      on detailed captions with the `plain` template;
     stage "stage2":  projector + LLM on instruction data (LLaVA conversations), Florence-2 frozen and run
                      without gradients, with the chat template.
+    Stages 1 and 2 can mix in the LM stage's text-only grounded questions and recall rows (`grounded_qa`,
+    `recall_rows` in their config) so that the lookup is kept while the LLM learns the image.
 
 Each stage uses train/loop.py (resumable; batches a pure function of the step) and writes its model to
 out_dir/<stage>/model; the next stage starts from it. `run(recipe)` runs the stages that are not done yet.
@@ -38,6 +40,8 @@ class StageConfig:
     batch_size: int = 16
     max_length: int = 256
     cache_features: int = 0          # stage 2: keep the frozen Florence-2 features of up to this many images
+    grounded_qa: int = 0             # stages 1/2: per step, questions answered from a description (LLM only) ...
+    recall_rows: int = 0             # ... and recall rows at recall.weight, so the LM stage's lookup is kept
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=0, precision="no"))
 
     @classmethod
@@ -188,26 +192,33 @@ def lm_loss(model, batch: dict) -> torch.Tensor:
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
 
 
-class MixedLMBatches:
-    """The LM stage's step: world text, plus grounded questions and recall rows when the recipe asks for them."""
+class MixedBatches:
+    """One step's batch from several named builders (None: left out), e.g. the LM stage's world text, grounded
+    questions and recall rows, or an image stage's batch with the text-only parts that keep the lookup."""
 
-    def __init__(self, text: TextBatches, grounded: GroundedBatches | None = None,
-                 recall: RecallBatches | None = None):
-        self.parts = {"text": text, "grounded": grounded, "recall": recall}
+    def __init__(self, **parts):
+        self.parts = {name: make for name, make in parts.items() if make is not None}
 
     def __call__(self, step: int) -> dict:
-        return {name: make(step) for name, make in self.parts.items() if make is not None}
+        return {name: make(step) for name, make in self.parts.items()}
+
+
+def _plus_lookup_parts(main: str, main_loss, recall_weight: float, llm_of=lambda model: model):
+    """The step's loss: `main_loss` on batch[main], plus the LLM's loss on the grounded questions and, weighted,
+    on the recall rows, where the step has them."""
+    def loss_fn(model, batch: dict) -> torch.Tensor:
+        loss = main_loss(model, batch[main])
+        if "grounded" in batch:
+            loss = loss + lm_loss(llm_of(model), batch["grounded"])
+        if "recall" in batch:
+            loss = loss + recall_weight * lm_loss(llm_of(model), batch["recall"])
+        return loss
+    return loss_fn
 
 
 def mixed_lm_loss(recall_weight: float):
-    def loss_fn(model, batch: dict) -> torch.Tensor:
-        loss = lm_loss(model, batch["text"])
-        if "grounded" in batch:
-            loss = loss + lm_loss(model, batch["grounded"])
-        if "recall" in batch:
-            loss = loss + recall_weight * lm_loss(model, batch["recall"])
-        return loss
-    return loss_fn
+    """The LM stage: world text, plus grounded questions and recall rows."""
+    return _plus_lookup_parts("text", lm_loss, recall_weight)
 
 
 def vl_loss(model, batch: dict) -> torch.Tensor:
@@ -222,6 +233,11 @@ def vl_loss(model, batch: dict) -> torch.Tensor:
     loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
                  pixel_values=batch["pixel_values"], num_items_in_batch=count, loss_only=True).loss
     return loss * world
+
+
+def with_lookup_loss(recall_weight: float):
+    """An image stage: the image batch's loss, plus the LLM alone on grounded questions and recall rows."""
+    return _plus_lookup_parts("vl", vl_loss, recall_weight, llm_of=lambda model: model.llm)
 
 
 # ---------------------------------------------------------------------------------------------------- stages
@@ -248,29 +264,60 @@ def build_vl(recipe: VLRecipe, llm, florence2_bundle, template: str) -> Florence
 
 
 def run_stage1(model: FlorenceVLForCausalLM, processor: VLProcessor, stage: StageConfig, out: Path,
-               progress: bool = True) -> list[dict]:
+               progress: bool = True, lookup: tuple | None = None) -> list[dict]:
     """Everything trains: Florence-2 (DaViT + encoder), the projector and the LLM. Florence-2's decoder is
     never run for features, so it is frozen (its word embedding, shared with the encoder, still trains)."""
     model.freeze_vision(False)
     model.florence2.model.language_model.decoder.requires_grad_(False)
     model.florence2.get_input_embeddings().requires_grad_(True)
     model.train()
-    return train(model, stage_batches(stage, processor, stage.loop.seed), vl_loss, stage.loop, out, progress=progress)
+    batches, loss_fn = _stage_step(stage_batches(stage, processor, stage.loop.seed), lookup)
+    return train(model, batches, loss_fn, stage.loop, out, progress=progress)
 
 
 def run_stage2(model: FlorenceVLForCausalLM, processor: VLProcessor, stage: StageConfig, out: Path,
-               progress: bool = True) -> list[dict]:
+               progress: bool = True, lookup: tuple | None = None) -> list[dict]:
     """Projector + LLM; Florence-2 frozen (no gradients, eval mode). With `cache_features`, each image goes through
     Florence-2 once per run instead of once per epoch (its features cannot change while it is frozen)."""
     model.freeze_vision(True)
     model.cache_frozen_features(stage.cache_features)
     model.train()
     model.florence2.eval()
+    batches, loss_fn = _stage_step(stage_batches(stage, processor, stage.loop.seed), lookup)
     try:
-        return train(model, stage_batches(stage, processor, stage.loop.seed), vl_loss, stage.loop, out,
-                     progress=progress)
+        return train(model, batches, loss_fn, stage.loop, out, progress=progress)
     finally:
         model.cache_frozen_features(0)
+
+
+def _stage_step(batches, lookup: tuple | None):
+    """The stage's batches and loss: images alone, or with the lookup parts (grounded, recall, recall weight)."""
+    if lookup is None:
+        return batches, vl_loss
+    grounded, recall, weight = lookup
+    return MixedBatches(vl=batches, grounded=grounded, recall=recall), with_lookup_loss(weight)
+
+
+def stage_lookup(recipe: VLRecipe, name: str, tokenizer, text_folder) -> tuple | None:
+    """The stage's text-only lookup parts, or None when it asks for none."""
+    stage = getattr(recipe, name)
+    if stage.grounded_qa <= 0 and stage.recall_rows <= 0:
+        return None
+    if _dist()[1] > 1:
+        raise InputError("grounded_qa / recall_rows in stages 1 and 2 run on one process only (the LLM-only "
+                         "forward passes outside the DDP wrapper); drop them or run without torchrun")
+    grounded = recall = None
+    seed = f"{stage.loop.seed}-{name}"
+    if stage.grounded_qa > 0:
+        if text_folder is None:
+            raise InputError("grounded_qa needs the recipe's text_data (or stage1.data) for its questions")
+        processor = VLProcessor(tokenizer, None, recipe.stage2_template, "pad", max_length=recipe.stage2.max_length)
+        grounded = GroundedBatches(grounded_questions(text_folder, recipe.grounded_types), processor,
+                                   stage.grounded_qa, seed)
+    if stage.recall_rows > 0:
+        recall = RecallBatches(len(tokenizer), tokenizer.bos_token_id, tokenizer.pad_token_id, stage.recall_rows,
+                               seed=f"{seed}-recall")
+    return grounded, recall, recipe.recall.weight
 
 
 def run(recipe: VLRecipe, *, progress: bool = True, stages: tuple[str, ...] = STAGES) -> Path:
@@ -317,7 +364,7 @@ def run(recipe: VLRecipe, *, progress: bool = True, stages: tuple[str, ...] = ST
                                        recipe.grounded_qa, recipe.lm.loop.seed)
         text = TextBatches(world_texts(text_folder), tokenizer, recipe.lm.batch_size, recipe.lm.max_length,
                            recipe.lm.loop.seed)
-        mixed = MixedLMBatches(text, grounded, mix)
+        mixed = MixedBatches(text=text, grounded=grounded, recall=mix)
         train(llm, mixed, mixed_lm_loss(recipe.recall.weight), recipe.lm.loop, out / "lm", progress=progress)
         llm.save_pretrained(str(lm_dir))
         tokenizer.save_pretrained(str(lm_dir))
@@ -334,7 +381,8 @@ def run(recipe: VLRecipe, *, progress: bool = True, stages: tuple[str, ...] = ST
         model = build_vl(recipe, llm, vision, "plain")
         processor = VLProcessor(tokenizer, vision.image_processor, "plain", model.config.image_aspect_ratio,
                                 max_length=recipe.stage1.max_length)
-        run_stage1(model, processor, recipe.stage1, out / "stage1", progress)
+        run_stage1(model, processor, recipe.stage1, out / "stage1", progress,
+                   stage_lookup(recipe, "stage1", tokenizer, text_folder))
         model.eval()
         FlorenceVL(model, tokenizer, vision.image_processor, source=str(s1_dir)).save_pretrained(s1_dir)
     if "stage2" in stages and recipe.stage2.loop.steps > 0 and not (final / "florence_vl.json").exists():
@@ -346,7 +394,8 @@ def run(recipe: VLRecipe, *, progress: bool = True, stages: tuple[str, ...] = ST
         model.config.template = recipe.stage2_template
         processor = VLProcessor(bundle.tokenizer, bundle.image_processor, recipe.stage2_template,
                                 model.config.image_aspect_ratio, max_length=recipe.stage2.max_length)
-        run_stage2(model, processor, recipe.stage2, out / "stage2", progress)
+        run_stage2(model, processor, recipe.stage2, out / "stage2", progress,
+                   stage_lookup(recipe, "stage2", bundle.tokenizer, text_folder))
         model.eval()
         FlorenceVL(model, bundle.tokenizer, bundle.image_processor, source=str(final)).save_pretrained(final)
     return final if final.exists() else s1_dir
