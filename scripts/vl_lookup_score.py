@@ -33,7 +33,7 @@ def main() -> None:
     llm = AutoModelForCausalLM.from_pretrained(args.model)
     processor = VLProcessor(tokenizer, None, args.template, "pad", max_length=512)
     with_text = grounded_questions(args.data, args.types)
-    without = {kind: [(user.split("\n", 1)[1], answer) for user, answer in items] for kind, items in with_text.items()}
+    without = grounded_questions(args.data, args.types, description=False)
     scores = {"with description": lookup_accuracy(llm, processor, with_text, args.per_type),
               "question alone": lookup_accuracy(llm, processor, without, args.per_type)}
     for name, by_type in scores.items():

@@ -90,6 +90,9 @@ def test_grounded_types_keep_only_those_and_name_the_ones_that_do_not_exist(tmp_
     everything = grounded_questions(tmp_path)
     kept = grounded_questions(tmp_path, ["color", "count"])
     assert sorted(kept) == ["color", "count"] and kept["count"] == everything["count"]
+    bare = grounded_questions(tmp_path, ["count"], description=False)       # the question alone, same answers
+    assert [(user.startswith("How many"), answer) for user, answer in bare["count"]] == \
+        [(True, answer) for _, answer in everything["count"]]
     with pytest.raises(InputError, match="colour"):
         grounded_questions(tmp_path, ["colour"])
 

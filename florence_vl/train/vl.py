@@ -124,15 +124,19 @@ class TextBatches:
         return batch
 
 
-def grounded_questions(folder: str | Path, types: list[str] | tuple[str, ...] = ()) -> dict[str, list[tuple[str, str]]]:
+def grounded_questions(folder: str | Path, types: list[str] | tuple[str, ...] = (),
+                       description: bool = True) -> dict[str, list[tuple[str, str]]]:
     """The split's questions by type as (user turn, answer), the user turn holding the scene's most detailed
-    description where the image goes: the answer is in the text, to be looked up. `types` keeps only those."""
+    description where the image goes: the answer is in the text, to be looked up. `types` keeps only those;
+    `description=False` leaves the description out (what the question alone gives)."""
     from ..data.formats import question_instruction, read_records
 
     by_type: dict[str, list[tuple[str, str]]] = {}
     for record in read_records(folder):
         for qa in record.get("qa", []):
-            user = f"{record['captions']['more_detailed']}\n{question_instruction(qa)}"
+            user = question_instruction(qa)
+            if description:
+                user = f"{record['captions']['more_detailed']}\n{user}"
             by_type.setdefault(qa["type"], []).append((user, qa["answer"]))
     unknown = sorted(set(types) - set(by_type))
     if unknown:
@@ -150,6 +154,7 @@ def lookup_accuracy(llm, processor, by_type: dict[str, list[tuple[str, str]]], p
     items = [(kind, item) for kind in sorted(by_type)
              for item in rng.sample(by_type[kind], min(per_type, len(by_type[kind])))]
     hits: dict[str, int] = {}
+    counts: dict[str, int] = {}
     was_training = llm.training
     llm.eval()
     for start in range(0, len(items), batch_size):
@@ -162,8 +167,8 @@ def lookup_accuracy(llm, processor, by_type: dict[str, list[tuple[str, str]]], p
         right = ((predicted == labels) | (labels == IGNORE_INDEX)).all(dim=1)
         for (kind, _), ok in zip(chunk, right.tolist()):
             hits[kind] = hits.get(kind, 0) + int(ok)
+            counts[kind] = counts.get(kind, 0) + 1
     llm.train(was_training)
-    counts = {kind: sum(1 for k, _ in items if k == kind) for kind in hits}
     return {kind: hits[kind] / counts[kind] for kind in sorted(hits)}
 
 
@@ -298,25 +303,34 @@ def _stage_step(batches, lookup: tuple | None):
     return MixedBatches(vl=batches, grounded=grounded, recall=recall), with_lookup_loss(weight)
 
 
+def lookup_parts(recipe: VLRecipe, tokenizer, text_folder, questions: int, recall_rows: int, seed,
+                 recall_seed) -> tuple[GroundedBatches | None, RecallBatches | None]:
+    """The text-only parts that teach or keep the lookup: `questions` grounded questions per step (the recipe's
+    grounded_types, stage-2 template) and `recall_rows` recall rows per step; None for a part asked 0 times."""
+    grounded = recall = None
+    if questions > 0:
+        if text_folder is None:
+            raise InputError("grounded_qa needs the recipe's text_data (or stage1.data) for its questions")
+        processor = VLProcessor(tokenizer, None, recipe.stage2_template, "pad", max_length=recipe.stage2.max_length)
+        grounded = GroundedBatches(grounded_questions(text_folder, recipe.grounded_types), processor, questions,
+                                   seed)
+    if recall_rows > 0:
+        recall = RecallBatches(len(tokenizer), tokenizer.bos_token_id, tokenizer.pad_token_id, recall_rows,
+                               seed=recall_seed)
+    return grounded, recall
+
+
 def stage_lookup(recipe: VLRecipe, name: str, tokenizer, text_folder) -> tuple | None:
-    """The stage's text-only lookup parts, or None when it asks for none."""
+    """Stage 1's or 2's text-only lookup parts and the recall weight, or None when it asks for none."""
     stage = getattr(recipe, name)
     if stage.grounded_qa <= 0 and stage.recall_rows <= 0:
         return None
     if _dist()[1] > 1:
         raise InputError("grounded_qa / recall_rows in stages 1 and 2 run on one process only (the LLM-only "
                          "forward passes outside the DDP wrapper); drop them or run without torchrun")
-    grounded = recall = None
     seed = f"{stage.loop.seed}-{name}"
-    if stage.grounded_qa > 0:
-        if text_folder is None:
-            raise InputError("grounded_qa needs the recipe's text_data (or stage1.data) for its questions")
-        processor = VLProcessor(tokenizer, None, recipe.stage2_template, "pad", max_length=recipe.stage2.max_length)
-        grounded = GroundedBatches(grounded_questions(text_folder, recipe.grounded_types), processor,
-                                   stage.grounded_qa, seed)
-    if stage.recall_rows > 0:
-        recall = RecallBatches(len(tokenizer), tokenizer.bos_token_id, tokenizer.pad_token_id, stage.recall_rows,
-                               seed=f"{seed}-recall")
+    grounded, recall = lookup_parts(recipe, tokenizer, text_folder, stage.grounded_qa, stage.recall_rows, seed,
+                                    recall_seed=f"{seed}-recall")
     return grounded, recall, recipe.recall.weight
 
 
@@ -346,22 +360,17 @@ def run(recipe: VLRecipe, *, progress: bool = True, stages: tuple[str, ...] = ST
         torch.manual_seed(recipe.lm.loop.seed)
         llm = build_llm(tokenizer, recipe.llm_size)
         llm.train()
-        mix = None
+        seed = recipe.lm.loop.seed
         if recipe.recall.steps > 0:
-            vocab, bos, pad = len(tokenizer), tokenizer.bos_token_id, tokenizer.pad_token_id
             warmup = LoopConfig(steps=recipe.recall.steps, lr=recipe.recall.lr, weight_decay=0.0, warmup_steps=50,
                                 min_lr_ratio=1.0, precision="no", log_every=recipe.lm.loop.log_every,
-                                save_every=recipe.recall.steps, seed=recipe.lm.loop.seed)
-            recall = RecallBatches(vocab, bos, pad, recipe.recall.batch_size, seed=recipe.lm.loop.seed)
-            train(llm, recall, lm_loss, warmup, out / "recall", progress=progress)
-            if recipe.recall.weight > 0:
-                mix = RecallBatches(vocab, bos, pad, recipe.recall.mix_batch_size, seed=f"{recipe.lm.loop.seed}-mix")
-        grounded = None
-        if recipe.grounded_qa > 0:
-            processor = VLProcessor(tokenizer, None, recipe.stage2_template, "pad",
-                                    max_length=recipe.stage2.max_length)
-            grounded = GroundedBatches(grounded_questions(text_folder, recipe.grounded_types), processor,
-                                       recipe.grounded_qa, recipe.lm.loop.seed)
+                                save_every=recipe.recall.steps, seed=seed)
+            _, warmup_rows = lookup_parts(recipe, tokenizer, text_folder, questions=0,
+                                          recall_rows=recipe.recall.batch_size, seed=seed, recall_seed=seed)
+            train(llm, warmup_rows, lm_loss, warmup, out / "recall", progress=progress)
+        mix_rows = recipe.recall.mix_batch_size if recipe.recall.steps > 0 and recipe.recall.weight > 0 else 0
+        grounded, mix = lookup_parts(recipe, tokenizer, text_folder, recipe.grounded_qa, mix_rows, seed,
+                                     recall_seed=f"{seed}-mix")
         text = TextBatches(world_texts(text_folder), tokenizer, recipe.lm.batch_size, recipe.lm.max_length,
                            recipe.lm.loop.seed)
         mixed = MixedBatches(text=text, grounded=grounded, recall=mix)
