@@ -7,13 +7,15 @@
                      learns to look things up in its context before the context is an image;
     stage "stage1":  everything trains end to end (Florence-2 included, gradients really reach it: tested)
                      on detailed captions with the `plain` template;
+    stage "align":   optional (0 steps by default): the projector alone, onto the LLM's word embeddings of the
+                     object under each image token (train/align.py), the LLM and Florence-2 frozen;
     stage "stage2":  projector + LLM on instruction data (LLaVA conversations), Florence-2 frozen and run
                      without gradients, with the chat template.
     Stages 1 and 2 can mix in the LM stage's text-only grounded questions and recall rows (`grounded_qa`,
     `recall_rows` in their config) so that the lookup is kept while the LLM learns the image.
 
 Each stage uses train/loop.py (resumable; batches a pure function of the step) and writes its model to
-out_dir/<stage>/model; the next stage starts from it. `run(recipe)` runs the stages that are not done yet.
+out_dir/<stage>/model; the next stage starts from it (stage 2 from align's when it ran). `run(recipe)` runs the stages that are not done yet.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from ..vl.processor import VLProcessor
 from .loop import LoopConfig, train
 from .recall import RecallBatches
 
-STAGES = ("lm", "stage1", "stage2")
+STAGES = ("lm", "stage1", "align", "stage2")
 
 
 @dataclass
@@ -74,6 +76,7 @@ class VLRecipe:
     grounded_types: list[str] = field(default_factory=list)  # ... of these question types only (empty: all)
     lm: StageConfig = field(default_factory=StageConfig)
     stage1: StageConfig = field(default_factory=StageConfig)
+    align: StageConfig = field(default_factory=StageConfig)  # optional, after stage 1: train/align.py
     stage2: StageConfig = field(default_factory=StageConfig)
 
     @classmethod
@@ -295,6 +298,28 @@ def run_stage2(model: FlorenceVLForCausalLM, processor: VLProcessor, stage: Stag
         model.cache_frozen_features(0)
 
 
+def run_align(model: FlorenceVLForCausalLM, processor: VLProcessor, tokenizer, stage: StageConfig, out: Path,
+              progress: bool = True) -> list[dict]:
+    """The projector alone, onto the LLM's word embeddings of the objects under each image token
+    (train/align.py); Florence-2 and the LLM frozen. `data` is a world folder (records.jsonl + images)."""
+    from .align import AlignBatches, align_loss
+
+    if not stage.data:
+        raise InputError("the align stage needs `data`: a world folder with records.jsonl (e.g. data/vl-train)")
+    model.freeze_vision(True)
+    model.cache_frozen_features(stage.cache_features)
+    model.llm.requires_grad_(False)
+    model.train()
+    model.florence2.eval()
+    batches = AlignBatches(stage.data, processor, model.llm, tokenizer, model.vision_tower.num_image_tokens,
+                           stage.batch_size, seed=stage.loop.seed)
+    try:
+        return train(model, batches, align_loss, stage.loop, out, progress=progress)
+    finally:
+        model.cache_frozen_features(0)
+        model.llm.requires_grad_(True)
+
+
 def _stage_step(batches, lookup: tuple | None):
     """The stage's batches and loss: images alone, or with the lookup parts (grounded, recall, recall weight)."""
     if lookup is None:
@@ -394,11 +419,24 @@ def run(recipe: VLRecipe, *, progress: bool = True, stages: tuple[str, ...] = ST
                    stage_lookup(recipe, "stage1", tokenizer, text_folder))
         model.eval()
         FlorenceVL(model, tokenizer, vision.image_processor, source=str(s1_dir)).save_pretrained(s1_dir)
+    align_dir = out / "align" / "model"
+    if "align" in stages and recipe.align.loop.steps > 0 and not (align_dir / "florence_vl.json").exists():
+        torch.manual_seed(recipe.align.loop.seed)
+        if not (s1_dir / "florence_vl.json").exists():
+            raise InputError(f"the align stage starts from stage 1's model, and {s1_dir} does not exist yet")
+        bundle = load_florence_vl(s1_dir)
+        processor = VLProcessor(bundle.tokenizer, bundle.image_processor, bundle.model.config.template,
+                                bundle.model.config.image_aspect_ratio)
+        run_align(bundle.model, processor, bundle.tokenizer, recipe.align, out / "align", progress)
+        bundle.model.eval()
+        FlorenceVL(bundle.model, bundle.tokenizer, bundle.image_processor, source=str(align_dir)).save_pretrained(
+            align_dir)
     if "stage2" in stages and recipe.stage2.loop.steps > 0 and not (final / "florence_vl.json").exists():
         torch.manual_seed(recipe.stage2.loop.seed)
-        if not (s1_dir / "florence_vl.json").exists():
-            raise InputError(f"stage 2 starts from stage 1's model, and {s1_dir} does not exist yet")
-        bundle = load_florence_vl(s1_dir)
+        start = align_dir if recipe.align.loop.steps > 0 else s1_dir
+        if not (start / "florence_vl.json").exists():
+            raise InputError(f"stage 2 starts from {start.parent.name}'s model, and {start} does not exist yet")
+        bundle = load_florence_vl(start)
         model = bundle.model
         model.config.template = recipe.stage2_template
         processor = VLProcessor(bundle.tokenizer, bundle.image_processor, recipe.stage2_template,
