@@ -128,7 +128,8 @@ def test_recipe_runs_align_between_the_stages(tmp_path, world, tiny_florence2_di
 
     loaded = []
     real_load = checkpoint.load_florence_vl
-    monkeypatch.setattr(checkpoint, "load_florence_vl", lambda path, *a, **k: loaded.append(path) or real_load(path, *a, **k))
+    monkeypatch.setattr(checkpoint, "load_florence_vl",
+                        lambda path, *a, **k: loaded.append(path) or real_load(path, *a, **k))
 
     quick = {"batch_size": 2, "max_length": 160, "loop": {"steps": 2, "warmup_steps": 1, "log_every": 1,
                                                           "save_every": 100, "lr": 1e-2}}

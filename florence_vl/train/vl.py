@@ -15,7 +15,8 @@
     `recall_rows` in their config) so that the lookup is kept while the LLM learns the image.
 
 Each stage uses train/loop.py (resumable; batches a pure function of the step) and writes its model to
-out_dir/<stage>/model; the next stage starts from it (stage 2 from align's when it ran). `run(recipe)` runs the stages that are not done yet.
+out_dir/<stage>/model; the next stage starts from it (stage 2 from align's when that ran). `run(recipe)` runs the
+stages that are not done yet.
 """
 
 from __future__ import annotations
