@@ -43,3 +43,21 @@ def tiny_florence2(tiny_tokenizer):
     config = florence2_config("tiny", len(tiny_tokenizer), tiny_tokenizer.image_token_id)
     model = spread_weights(Florence2ForConditionalGeneration(config))
     return Florence2(model, tiny_tokenizer, image_processor(64), source="tiny")
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory):
+    """A 6-scene generated train split (three of them with shapes): the Florence-VL training tests' data."""
+    from florence_vl.data.formats import write_split
+
+    out = tmp_path_factory.mktemp("world")
+    write_split("train", 6, out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_florence2_dir(tmp_path_factory):
+    """The tiny Florence-2 saved as a checkpoint folder, for code that loads one by path."""
+    from florence_vl.florence2.checkpoint import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("f2") / "tiny", seed=3)

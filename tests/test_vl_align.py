@@ -44,22 +44,6 @@ def test_grid_side_rejects_token_counts_without_a_square_grid():
         grid_side(64)
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from florence_vl.data.formats import write_split
-
-    out = tmp_path_factory.mktemp("world")
-    write_split("train", 8, out, progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
-def tiny_florence2_dir(tmp_path_factory):
-    from florence_vl.florence2.checkpoint import make_tiny_checkpoint
-
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("f2") / "tiny", seed=3)
-
-
 def _tiny_model(world, florence2_dir):
     from florence_vl.florence2.checkpoint import load_florence2
     from florence_vl.train.vl import VLRecipe, build_tokenizer, build_vl, world_texts
@@ -99,14 +83,14 @@ def test_align_steps_lower_the_loss_and_train_only_the_projector(tmp_path, world
 
     model, tok, vision = _tiny_model(world, tiny_florence2_dir)
     processor = VLProcessor(tok, vision.image_processor, "plain")
-    batches = AlignBatches(world, processor, model.llm, tok, model.vision_tower.num_image_tokens, batch_size=4)
+    batches = AlignBatches(world, processor, model.llm, tok, model.vision_tower.num_image_tokens, batch_size=3)
     held = batches(0)
     model.eval()
     with torch.no_grad():
         before_loss = float(align_loss(model, held))
     frozen = [p.detach().clone() for p in list(model.florence2.parameters()) + list(model.llm.parameters())]
     projector = model.mm_projector.encoder_mlp[0].weight.detach().clone()
-    stage = StageConfig.from_dict({"data": str(world), "batch_size": 4, "cache_features": 100,
+    stage = StageConfig.from_dict({"data": str(world), "batch_size": 3, "cache_features": 100,
                                    "loop": {"steps": 30, "lr": 1e-2, "warmup_steps": 1, "log_every": 10,
                                             "save_every": 100}})
     records = run_align(model, processor, tok, stage, tmp_path / "align", progress=False)

@@ -10,22 +10,6 @@ from florence_vl.data.llava import LazyLLaVADataset, StepBatches, grouped_order,
 from florence_vl.vl.model import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from florence_vl.data.formats import write_split
-
-    out = tmp_path_factory.mktemp("world")
-    write_split("train", 6, out, progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
-def tiny_florence2_dir(tmp_path_factory):
-    from florence_vl.florence2.checkpoint import make_tiny_checkpoint
-
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("f2") / "tiny", seed=3)
-
-
 def test_turns_and_grouping():
     assert turns_of([{"from": "human", "value": "q1"}, {"from": "gpt", "value": "a1"},
                      {"from": "human", "value": "q2"}, {"from": "gpt", "value": "a2"}]) == [("q1", "a1"), ("q2", "a2")]
