@@ -96,8 +96,7 @@ class AlignBatches:
         targets = torch.zeros(len(owners), self.width)
         for cell, k in enumerate(owners):
             if k >= 0:
-                name = object_name(record["objects"][k])
-                targets[cell] = self.vectors[name] if name in self.vectors else 0
+                targets[cell] = self.vectors[object_name(record["objects"][k])]
         image = Image.open(self.folder / record["image"]).convert("RGB")
         return image, targets, torch.tensor([k >= 0 for k in owners])
 
