@@ -107,19 +107,20 @@ class Collator:
 
 
 class StepBatches:
-    """batches(step) for train/loop.py: a pure function of the step (exact resume), grouped by modality length.
+    """batches(step) for train/loop.py: a pure function of the step (exact resume), grouped by modality length
+    (or a seeded shuffle per epoch). `collate` turns the step's items into a batch (default: the LLaVA Collator).
 
     Under several processes (torchrun), each rank takes its share of the step's items.
     """
 
     def __init__(self, dataset, batch_size: int, seed: int = 0, group_by_length: bool = True, rank: int = 0,
-                 world_size: int = 1):
+                 world_size: int = 1, collate=None):
         self.dataset = dataset
         self.batch_size = batch_size
         self.seed = seed
         self.group = group_by_length
-        self.collate = Collator(dataset.processor)
-        self.lengths = dataset.lengths
+        self.collate = collate or Collator(dataset.processor)
+        self.lengths = dataset.lengths if group_by_length else None
         self.rank, self.world_size = rank, world_size
         self._orders: dict[int, list[int]] = {}
         if len(dataset) < batch_size:

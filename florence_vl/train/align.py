@@ -15,13 +15,13 @@ same centred pad-to-square the processor applies.
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from ..data.llava import StepBatches
 from ..errors import InputError
 from ..vl.processor import expand_to_square
 
@@ -79,9 +79,7 @@ class AlignBatches:
             raise InputError(f"the align stage reads a world folder's records.jsonl; {self.folder} has none "
                              "(florence-vl world generate --split train --out DIR writes one)")
         self.records = [r for r in read_records(self.folder) if r.get("objects")]
-        if len(self.records) < batch_size:
-            raise InputError(f"{len(self.records)} scenes with objects in {self.folder}: fewer than one batch")
-        self.processor, self.batch_size, self.seed = processor, batch_size, seed
+        self.processor = processor
         self.side, self.min_cover = grid_side(num_image_tokens), min_cover
         objects = [o for r in self.records for o in r["objects"]]
         self.vectors = {name: word_vector(llm, tokenizer, name) for name in sorted({object_name(o) for o in objects})}
@@ -90,27 +88,32 @@ class AlignBatches:
         self.words = {part: sorted({o[part] for o in objects}) for part in ("color", "class")}
         self.word_vectors = {part: torch.stack([word_vector(llm, tokenizer, w) for w in words])
                              for part, words in self.words.items()}
+        # the step's scenes: the LLaVA stages' seeded per-epoch order (exact resume, a rank's share under torchrun)
+        self.steps = StepBatches(self, batch_size, seed=seed, group_by_length=False, collate=self.batch)
 
-    def item(self, record: dict) -> tuple[Image.Image, torch.Tensor, torch.Tensor]:
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.records[index]
+
+    def item(self, record: dict) -> tuple[Image.Image, torch.Tensor, list[int]]:
         owners = cell_objects(record, self.side, self.min_cover)
         targets = torch.zeros(len(owners), self.width)
         for cell, k in enumerate(owners):
             if k >= 0:
                 targets[cell] = self.vectors[object_name(record["objects"][k])]
         image = Image.open(self.folder / record["image"]).convert("RGB")
-        return image, targets, torch.tensor([k >= 0 for k in owners])
+        return image, targets, owners
 
     def batch(self, records: list[dict]) -> dict:
-        images, targets, masks = zip(*(self.item(r) for r in records))
+        """`owners`: each scene's cell_objects, so readers of the batch need not rasterise its polygons again."""
+        images, targets, owners = zip(*(self.item(r) for r in records))
         return {"pixel_values": self.processor.pixel_values(list(images)), "targets": torch.stack(targets),
-                "object_cells": torch.stack(masks), "records": list(records)}
+                "object_cells": torch.tensor(owners) >= 0, "records": list(records), "owners": list(owners)}
 
     def __call__(self, step: int) -> dict:
-        per_epoch = len(self.records) // self.batch_size
-        epoch, k = divmod(step, per_epoch)
-        order = list(range(len(self.records)))
-        random.Random(f"{self.seed}-{epoch}").shuffle(order)
-        return self.batch([self.records[i] for i in order[k * self.batch_size:(k + 1) * self.batch_size]])
+        return self.steps(step)
 
 
 def grid_tokens(model, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -141,8 +144,8 @@ def readout_accuracy(model, batches: AlignBatches, limit: int | None = None, bat
         batch = batches.batch(records[start:start + batch_size])
         losses.append(float(align_loss(model, batch)))
         tokens = torch.nn.functional.normalize(grid_tokens(model, batch["pixel_values"]), dim=-1)
-        for row, record in enumerate(batch["records"]):
-            for cell, k in enumerate(cell_objects(record, batches.side, batches.min_cover)):
+        for row, (record, owners) in enumerate(zip(batch["records"], batch["owners"])):
+            for cell, k in enumerate(owners):
                 if k < 0:
                     continue
                 for part, vectors in words.items():
