@@ -134,6 +134,13 @@ def test_recipe_runs_align_between_the_stages(tmp_path, world, tiny_florence2_di
     stage1 = load_file(out / "stage1" / "model" / "mm_projector.safetensors")
     assert any(not torch.equal(aligned[k], stage1[k]) for k in aligned)
 
+    # without stage 2 the recipe's model is the aligned one
+    import shutil
+
+    shutil.copytree(out, tmp_path / "no-stage2", ignore=shutil.ignore_patterns("stage2"))
+    no_stage2 = dict(data, out_dir=str(tmp_path / "no-stage2"), stage2=dict(quick, loop=dict(quick["loop"], steps=0)))
+    assert run(VLRecipe.from_dict(no_stage2), progress=False) == tmp_path / "no-stage2" / "align" / "model"
+
     bad = dict(data, out_dir=str(tmp_path / "bad"), align=dict(quick, data=str(tmp_path)))
     with pytest.raises(InputError, match="records.jsonl"):
         run(VLRecipe.from_dict(bad), progress=False)

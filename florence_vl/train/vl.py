@@ -432,9 +432,9 @@ def run(recipe: VLRecipe, *, progress: bool = True, stages: tuple[str, ...] = ST
         bundle.model.eval()
         FlorenceVL(bundle.model, bundle.tokenizer, bundle.image_processor, source=str(align_dir)).save_pretrained(
             align_dir)
+    start = align_dir if recipe.align.loop.steps > 0 else s1_dir   # stage 2's starting model
     if "stage2" in stages and recipe.stage2.loop.steps > 0 and not (final / "florence_vl.json").exists():
         torch.manual_seed(recipe.stage2.loop.seed)
-        start = align_dir if recipe.align.loop.steps > 0 else s1_dir
         if not (start / "florence_vl.json").exists():
             raise InputError(f"stage 2 starts from {start.parent.name}'s model, and {start} does not exist yet")
         bundle = load_florence_vl(start)
@@ -446,4 +446,4 @@ def run(recipe: VLRecipe, *, progress: bool = True, stages: tuple[str, ...] = ST
                    stage_lookup(recipe, "stage2", bundle.tokenizer, text_folder))
         model.eval()
         FlorenceVL(model, bundle.tokenizer, bundle.image_processor, source=str(final)).save_pretrained(final)
-    return final if final.exists() else s1_dir
+    return final if final.exists() else start
