@@ -60,9 +60,14 @@ def object_name(obj: dict) -> str:
     return f"{obj['color']} {obj['class']}"
 
 
+def name_token_ids(tokenizer, text: str) -> list[int]:
+    """`text`'s token ids with a leading space, as inside a sentence."""
+    return tokenizer(" " + text, add_special_tokens=False)["input_ids"]
+
+
 def word_vector(llm, tokenizer, text: str) -> torch.Tensor:
     """The sum of the LLM's input embeddings of `text`'s tokens (with a leading space, as inside a sentence)."""
-    ids = tokenizer(" " + text, add_special_tokens=False)["input_ids"]
+    ids = name_token_ids(tokenizer, text)
     with torch.no_grad():
         return llm.get_input_embeddings().weight[ids].float().sum(dim=0)
 

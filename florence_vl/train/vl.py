@@ -10,18 +10,23 @@
     stage "align":   optional (0 steps by default): the projector alone, onto the LLM's word embeddings of the
                      object under each image token (train/align.py), the LLM and Florence-2 frozen;
     stage "stage2":  projector + LLM on instruction data (LLaVA conversations), Florence-2 frozen and run
-                     without gradients, with the chat template.
+                     without gradients, with the chat template;
+    stage "read":    optional (0 steps by default): the LLM alone on questions about the objects, answered from
+                     the word grid and from its blends with the real image tokens (train/read.py), Florence-2 and
+                     the projector frozen.
     Stages 1 and 2 can mix in the LM stage's text-only grounded questions and recall rows (`grounded_qa`,
     `recall_rows` in their config) so that the lookup is kept while the LLM learns the image.
 
 Each stage uses train/loop.py (resumable; batches a pure function of the step) and writes its model to
-out_dir/<stage>/model; the next stage starts from it (stage 2 from align's when that ran). `run(recipe)` runs the
+out_dir/<stage>/model; the next stage starts from it (stage 2 from align's when that ran, read from the last
+before it). `run(recipe)` runs the
 stages that are not done yet.
 """
 
 from __future__ import annotations
 
 import random
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,7 +39,7 @@ from ..vl.processor import VLProcessor
 from .loop import LoopConfig, train
 from .recall import RecallBatches
 
-STAGES = ("lm", "stage1", "align", "stage2")
+STAGES = ("lm", "stage1", "align", "stage2", "read")
 
 
 @dataclass
@@ -45,6 +50,8 @@ class StageConfig:
     cache_features: int = 0          # stage 2: keep the frozen Florence-2 features of up to this many images
     grounded_qa: int = 0             # stages 1/2: per step, questions answered from a description (LLM only) ...
     recall_rows: int = 0             # ... and recall rows at recall.weight, so the LM stage's lookup is kept
+    word_steps: int = 0              # read: steps on the word grid alone before the blends with real tokens
+    real_share: float = 0.3          # read: after those, the share of rows on the real tokens alone
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=0, precision="no"))
 
     @classmethod
@@ -79,6 +86,7 @@ class VLRecipe:
     stage1: StageConfig = field(default_factory=StageConfig)
     align: StageConfig = field(default_factory=StageConfig)  # optional, after stage 1: train/align.py
     stage2: StageConfig = field(default_factory=StageConfig)
+    read: StageConfig = field(default_factory=StageConfig)   # optional, after stage 2: train/read.py
 
     @classmethod
     def from_dict(cls, data: dict) -> "VLRecipe":
@@ -284,19 +292,31 @@ def run_stage1(model: FlorenceVLForCausalLM, processor: VLProcessor, stage: Stag
     return train(model, batches, loss_fn, stage.loop, out, progress=progress)
 
 
-def run_stage2(model: FlorenceVLForCausalLM, processor: VLProcessor, stage: StageConfig, out: Path,
-               progress: bool = True, lookup: tuple | None = None) -> list[dict]:
-    """Projector + LLM; Florence-2 frozen (no gradients, eval mode). With `cache_features`, each image goes through
-    Florence-2 once per run instead of once per epoch (its features cannot change while it is frozen)."""
+@contextmanager
+def frozen_tower(model: FlorenceVLForCausalLM, cache_features: int, frozen=()):
+    """Florence-2 frozen (no gradients, eval mode) with its features cached for up to `cache_features` images (once
+    per run instead of once per epoch: they cannot change while it is frozen), and the `frozen` parts too, all
+    trainable again after (the cache emptied)."""
     model.freeze_vision(True)
-    model.cache_frozen_features(stage.cache_features)
+    model.cache_frozen_features(cache_features)
+    for part in frozen:
+        part.requires_grad_(False)
     model.train()
     model.florence2.eval()
-    batches, loss_fn = _stage_step(stage_batches(stage, processor, stage.loop.seed), lookup)
     try:
-        return train(model, batches, loss_fn, stage.loop, out, progress=progress)
+        yield
     finally:
         model.cache_frozen_features(0)
+        for part in frozen:
+            part.requires_grad_(True)
+
+
+def run_stage2(model: FlorenceVLForCausalLM, processor: VLProcessor, stage: StageConfig, out: Path,
+               progress: bool = True, lookup: tuple | None = None) -> list[dict]:
+    """Projector + LLM; Florence-2 frozen."""
+    with frozen_tower(model, stage.cache_features):
+        batches, loss_fn = _stage_step(stage_batches(stage, processor, stage.loop.seed), lookup)
+        return train(model, batches, loss_fn, stage.loop, out, progress=progress)
 
 
 def run_align(model: FlorenceVLForCausalLM, processor: VLProcessor, tokenizer, stage: StageConfig, out: Path,
@@ -307,18 +327,25 @@ def run_align(model: FlorenceVLForCausalLM, processor: VLProcessor, tokenizer, s
 
     if not stage.data:
         raise InputError("the align stage needs `data`: a world folder with records.jsonl (e.g. data/vl-train)")
-    model.freeze_vision(True)
-    model.cache_frozen_features(stage.cache_features)
-    model.llm.requires_grad_(False)
-    model.train()
-    model.florence2.eval()
-    batches = AlignBatches(stage.data, processor, model.llm, tokenizer, model.vision_tower.num_image_tokens,
-                           stage.batch_size, seed=stage.loop.seed)
-    try:
+    with frozen_tower(model, stage.cache_features, frozen=(model.llm,)):
+        batches = AlignBatches(stage.data, processor, model.llm, tokenizer, model.vision_tower.num_image_tokens,
+                               stage.batch_size, seed=stage.loop.seed)
         return train(model, batches, align_loss, stage.loop, out, progress=progress)
-    finally:
-        model.cache_frozen_features(0)
-        model.llm.requires_grad_(True)
+
+
+def run_read(model: FlorenceVLForCausalLM, processor: VLProcessor, tokenizer, stage: StageConfig, out: Path,
+             progress: bool = True) -> list[dict]:
+    """The LLM alone on questions answered from the word grid and its blends with the real image tokens
+    (train/read.py); Florence-2 and the projector frozen. `data` is a world folder (records.jsonl + images)."""
+    from .read import ReadBatches, read_loss
+
+    if not stage.data:
+        raise InputError("the read stage needs `data`: a world folder with records.jsonl (e.g. data/vl-train)")
+    with frozen_tower(model, stage.cache_features, frozen=(model.mm_projector,)):
+        batches = ReadBatches(stage.data, processor, tokenizer, model.vision_tower.num_image_tokens,
+                              stage.batch_size, seed=stage.loop.seed, word_steps=stage.word_steps,
+                              real_share=stage.real_share)
+        return train(model, batches, read_loss, stage.loop, out, progress=progress)
 
 
 def _stage_step(batches, lookup: tuple | None):
@@ -446,4 +473,22 @@ def run(recipe: VLRecipe, *, progress: bool = True, stages: tuple[str, ...] = ST
                    stage_lookup(recipe, "stage2", bundle.tokenizer, text_folder))
         model.eval()
         FlorenceVL(model, bundle.tokenizer, bundle.image_processor, source=str(final)).save_pretrained(final)
-    return final if final.exists() else start
+    before_read = final if recipe.stage2.loop.steps > 0 else start
+    read_dir = out / "read" / "model"
+    if "read" in stages and recipe.read.loop.steps > 0 and not (read_dir / "florence_vl.json").exists():
+        torch.manual_seed(recipe.read.loop.seed)
+        if not (before_read / "florence_vl.json").exists():
+            raise InputError(f"the read stage starts from {before_read.parent.name}'s model, and {before_read} "
+                             "does not exist yet")
+        bundle = load_florence_vl(before_read)
+        model = bundle.model
+        model.config.template = recipe.stage2_template
+        processor = VLProcessor(bundle.tokenizer, bundle.image_processor, recipe.stage2_template,
+                                model.config.image_aspect_ratio, max_length=recipe.read.max_length)
+        run_read(model, processor, bundle.tokenizer, recipe.read, out / "read", progress)
+        model.eval()
+        FlorenceVL(model, bundle.tokenizer, bundle.image_processor, source=str(read_dir)).save_pretrained(read_dir)
+    for done in (read_dir, final):
+        if (done / "florence_vl.json").exists():
+            return done
+    return start

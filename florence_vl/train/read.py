@@ -1,0 +1,189 @@
+"""The read stage: the LLM learns to answer questions about a scene's objects from its image tokens, first from the
+word grid (each token over an object is the LLM's own embedding of the object's name, " red triangle", the align
+stage's targets; background and the pooled token zero), then from blends of the word grid with the real projected
+tokens, a share of the rows on the real tokens alone. Florence-2 and the projector are frozen.
+
+Why (docs/florence-vl.md, 2026-12-07, fourth session): with the projector aligned to the words (colour read 0.81),
+the LLM of stage 2 answered a colour question at 0.17 from the real tokens and at 0.18 from the word grid itself:
+it did not read the token form at all. Trained on the word grid it reads it (colour 0.36, shape 0.39), and the
+blends carry that over to the real tokens (colour 0.155 -> 0.265, shape 0.168 -> 0.217 in generation on the
+test split, a throwaway run of this recipe). Like the align stage it needs per-object annotations, which the nano world has; it is not in the published
+recipe.
+
+Each row's blend weight: 1 (word grid alone) for the first `word_steps` steps; after that 0 (real tokens alone)
+for a `real_share` of the rows and uniform in [0, 1] for the rest. Yes/no questions are drawn half "yes", half
+"no" (the world asks "no" 72% of the time; POPE asks each half the time), the question type uniformly first.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from ..errors import InputError
+from ..vl.model import IGNORE_INDEX, pad_rows
+from .align import cell_objects, grid_side, name_token_ids, object_name
+
+READ_TYPES = ("color", "shape", "count", "exist", "spatial", "multiple_choice")
+
+
+class ReadBatches:
+    """batches(step): `batch_size` single-turn questions on a world folder's scenes with objects, with what the
+    loss needs to build each row's image tokens: the name token ids under every grid cell and the blend weight."""
+
+    def __init__(self, folder: str | Path, processor, tokenizer, num_image_tokens: int, batch_size: int,
+                 seed: int = 0, word_steps: int = 0, real_share: float = 0.3, types=READ_TYPES,
+                 min_cover: float = 0.1):
+        from ..data.formats import question_instruction, read_records
+
+        self.folder = Path(folder)
+        if not (self.folder / "records.jsonl").exists():
+            raise InputError(f"the read stage reads a world folder's records.jsonl; {self.folder} has none "
+                             "(florence-vl world generate --split train --out DIR writes one)")
+        self.processor, self.batch_size, self.seed = processor, batch_size, seed
+        self.word_steps, self.real_share = word_steps, real_share
+        self.side = grid_side(num_image_tokens)
+        self.min_cover = min_cover
+        # per type, per answer: (record index, user turn, answer)
+        self.records: list[dict] = []
+        self.questions: dict[str, dict[str, list[tuple[int, str, str]]]] = {}
+        for record in read_records(self.folder):
+            if not record.get("objects"):
+                continue
+            for qa in record.get("qa", []):
+                if qa["type"] in types:
+                    by_answer = self.questions.setdefault(qa["type"], {})
+                    by_answer.setdefault(qa["answer"], []).append(
+                        (len(self.records), question_instruction(qa), qa["answer"]))
+            self.records.append(record)
+        if not self.questions:
+            raise InputError(f"{self.folder} has no questions of types {list(types)} on scenes with objects")
+        self.types = sorted(self.questions)
+        self.every = {kind: [q for answer in sorted(by_answer) for q in by_answer[answer]]
+                      for kind, by_answer in self.questions.items()}
+        self.names = {}
+        self.tokenizer = tokenizer
+        self._owners: dict[int, list[int]] = {}
+
+    def _name_ids(self, name: str) -> list[int]:
+        if name not in self.names:
+            self.names[name] = name_token_ids(self.tokenizer, name)
+        return self.names[name]
+
+    def owners(self, index: int) -> list[int]:
+        if index not in self._owners:
+            self._owners[index] = cell_objects(self.records[index], self.side, self.min_cover)
+        return self._owners[index]
+
+    def _draw(self, rng: random.Random) -> tuple[int, str, str]:
+        kind = rng.choice(self.types)
+        by_answer = self.questions[kind]
+        if set(by_answer) <= {"yes", "no"}:      # balanced: half yes, half no
+            return rng.choice(by_answer[rng.choice(sorted(by_answer))])
+        return rng.choice(self.every[kind])
+
+    def _alpha(self, step: int, rng: random.Random) -> float:
+        if step < self.word_steps:
+            return 1.0
+        return 0.0 if rng.random() < self.real_share else rng.random()
+
+    def __call__(self, step: int) -> dict:
+        rng = random.Random(f"{self.seed}-read-{step}")
+        drawn, alphas = [], []
+        for _ in range(self.batch_size):
+            drawn.append(self._draw(rng))
+            alphas.append(self._alpha(step, rng))
+        return self.batch(drawn, alphas)
+
+    def batch(self, drawn: list[tuple[int, str, str]], alphas: list[float]) -> dict:
+        """The rows of `drawn` questions ((record index, user turn, answer)) with these blend weights."""
+        rows, labels, names, indices = [], [], [], []
+        for index, user, answer in drawn:
+            ids, target = self.processor.encode([("<image>\n" + user, answer)])
+            rows.append(ids)
+            labels.append(target)
+            objects = self.records[index]["objects"]
+            names.append([self._name_ids(object_name(objects[k])) if k >= 0 else [] for k in self.owners(index)])
+            indices.append(index)
+        batch = pad_rows(rows, self.processor.tokenizer.pad_token_id, labels=labels)
+        longest = max(len(ids) for cells in names for ids in cells) or 1
+        name_ids = torch.zeros(len(names), self.side * self.side, longest, dtype=torch.long)
+        name_mask = torch.zeros(name_ids.shape, dtype=torch.bool)
+        for row, cells in enumerate(names):
+            for cell, ids in enumerate(cells):
+                name_ids[row, cell, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+                name_mask[row, cell, :len(ids)] = True
+        batch.update(name_ids=name_ids, name_mask=name_mask, alpha=torch.tensor(alphas))
+        if min(alphas) < 1.0:   # the real tokens are needed: the images
+            images = [Image.open(self.folder / self.records[i]["image"]).convert("RGB") for i in indices]
+            batch["pixel_values"] = self.processor.pixel_values(images)
+        return batch
+
+
+def word_grid(llm, name_ids: torch.Tensor, name_mask: torch.Tensor) -> torch.Tensor:
+    """(rows, 1 + cells, width): the pooled token zero, each cell the sum of its name's input embeddings (the
+    LLM's current ones, without gradient: the grid is an input, like an image)."""
+    with torch.no_grad():
+        embeds = llm.get_input_embeddings()(name_ids).float() * name_mask.unsqueeze(-1)
+        cells = embeds.sum(dim=2)
+    return torch.cat([cells.new_zeros(cells.shape[0], 1, cells.shape[2]), cells], dim=1)
+
+
+def read_tokens(model, batch: dict) -> torch.Tensor:
+    """Each row's image tokens: alpha * word grid + (1 - alpha) * the real projected tokens."""
+    words = word_grid(model.llm, batch["name_ids"], batch["name_mask"])
+    if "pixel_values" not in batch:
+        return words
+    with torch.no_grad():
+        real = model.image_features(batch["pixel_values"]).float()
+    alpha = batch["alpha"].to(real.device).view(-1, 1, 1)
+    return alpha * words.to(real.device) + (1 - alpha) * real
+
+
+def _read_output(model, batch: dict) -> tuple:
+    tokens = read_tokens(model, batch).to(model.dtype)
+    inputs = model.splice(batch["input_ids"], batch["attention_mask"], batch["labels"], image_embeds=tokens)
+    return model.llm(**{k: v for k, v in inputs.items() if v is not None}), inputs["labels"]
+
+
+def read_loss(model, batch: dict) -> torch.Tensor:
+    return _read_output(model, batch)[0].loss
+
+
+READ_VARIANTS = ("real tokens", "word grid", "other images")
+
+
+@torch.no_grad()
+def read_accuracy(model, batches: ReadBatches, per_type: int = 100, batch_size: int = 50,
+                  seed: int = 0) -> dict[str, dict[str, float]]:
+    """Per question type, exact match of the answer tokens, teacher-forced (every answer token the argmax), on
+    `per_type` questions drawn as they come (not balanced) and answered three ways: from the real image tokens,
+    from the word grid, and from the real tokens of the next question's image (what the question alone gives,
+    near enough). A model that reads the image scores the first well above the third."""
+    rng = random.Random(seed)
+    scores: dict[str, dict[str, float]] = {}
+    was_training = model.training
+    model.eval()
+    for kind in batches.types:
+        pool = batches.every[kind]
+        drawn = rng.sample(pool, min(per_type, len(pool)))
+        hits = dict.fromkeys(READ_VARIANTS, 0)
+        for start in range(0, len(drawn), batch_size):
+            chunk = drawn[start:start + batch_size]
+            batch = batches.batch(chunk, [0.0] * len(chunk))
+            for variant in READ_VARIANTS:
+                if variant == "word grid":
+                    shown = {**batch, "alpha": torch.ones(len(chunk))}
+                elif variant == "other images":
+                    shown = {**batch, "pixel_values": batch["pixel_values"].roll(1, dims=0)}
+                else:
+                    shown = batch
+                output, labels = _read_output(model, shown)
+                predicted, labels = output.logits[:, :-1].argmax(-1), labels[:, 1:]
+                hits[variant] += int(((predicted == labels) | (labels == IGNORE_INDEX)).all(dim=1).sum())
+        scores[kind] = {variant: hits[variant] / len(drawn) for variant in READ_VARIANTS}
+    model.train(was_training)
+    return scores

@@ -1,0 +1,169 @@
+"""The read stage (florence_vl/train/read.py): its rows carry the names under each grid cell and a blend weight, the
+word grid is the LLM's own embeddings of those names, a row's tokens are the blend it asks for, a few steps lower
+the loss and move only the LLM, and the recipe runs it after stage 2."""
+
+import random
+
+import pytest
+import torch
+
+from florence_vl.train.align import cell_objects, name_token_ids, object_name
+
+
+def _tiny(world, florence2_dir):
+    from florence_vl.florence2.checkpoint import load_florence2
+    from florence_vl.train.vl import VLRecipe, build_tokenizer, build_vl, world_texts
+    from florence_vl.vl.nano_llm import build_llm
+    from florence_vl.vl.processor import VLProcessor
+
+    recipe = VLRecipe(out_dir="unused", florence2=str(florence2_dir), llm_size="tiny", tokenizer_vocab=400)
+    tok = build_tokenizer(recipe, world_texts(world))
+    vision = load_florence2(florence2_dir)
+    torch.manual_seed(0)
+    model = build_vl(recipe, build_llm(tok, "tiny"), vision, "phi3")
+    return model, tok, VLProcessor(tok, vision.image_processor, "phi3", max_length=256)
+
+
+def _batches(model, tok, processor, world, **kwargs):
+    from florence_vl.train.read import ReadBatches
+
+    return ReadBatches(world, processor, tok, model.vision_tower.num_image_tokens, **kwargs)
+
+
+def test_rows_carry_the_names_under_each_cell_and_the_blend_weight(world, tiny_florence2_dir):
+    model, tok, processor = _tiny(world, tiny_florence2_dir)
+    batches = _batches(model, tok, processor, world, batch_size=24, word_steps=2, real_share=0.5)
+    words_only = batches(0)
+    assert torch.equal(words_only["alpha"], torch.ones(24)) and "pixel_values" not in words_only
+    assert torch.equal(words_only["input_ids"], batches(0)["input_ids"])            # a pure function of the step
+
+    blended = batches(5)
+    assert blended["pixel_values"].shape[0] == 24
+    alpha = blended["alpha"]
+    assert ((alpha >= 0) & (alpha <= 1)).all() and (alpha == 0).any() and ((alpha > 0) & (alpha < 1)).any()
+
+    # the first row's cells: the names of the objects cell_objects puts there, nothing over the background
+    side = batches.side
+    assert blended["name_ids"].shape[:2] == (24, side * side)
+    drawn = random.Random(f"{batches.seed}-read-5")
+    index, _, _ = batches._draw(drawn)
+    record = batches.records[index]
+    owners = cell_objects(record, side)
+    for cell, k in enumerate(owners):
+        ids = blended["name_ids"][0, cell][blended["name_mask"][0, cell]].tolist()
+        assert ids == (name_token_ids(tok, object_name(record["objects"][k])) if k >= 0 else [])
+    assert any(k >= 0 for k in owners)
+
+
+def test_yes_no_questions_are_drawn_half_yes(world, tiny_florence2_dir):
+    model, tok, processor = _tiny(world, tiny_florence2_dir)
+    batches = _batches(model, tok, processor, world, batch_size=4, types=("exist",))
+    answers = {a for a in batches.questions["exist"]}
+    assert answers == {"yes", "no"}
+    rng = random.Random(0)
+    drawn = [batches._draw(rng)[2] for _ in range(600)]
+    share = drawn.count("yes") / len(drawn)
+    world_share = len(batches.questions["exist"]["yes"]) / len(batches.every["exist"])
+    assert 0.44 < share < 0.56 and abs(world_share - 0.5) > 0.1, (share, world_share)
+
+
+def test_word_grid_is_the_llms_embedding_of_the_names_and_blends_with_the_real_tokens(world, tiny_florence2_dir):
+    from florence_vl.train.read import read_tokens, word_grid
+
+    model, tok, processor = _tiny(world, tiny_florence2_dir)
+    model.eval()
+    batch = _batches(model, tok, processor, world, batch_size=6, real_share=0.5)(0)
+    grid = word_grid(model.llm, batch["name_ids"], batch["name_mask"])
+    assert grid.shape == (6, model.vision_tower.num_image_tokens, model.llm.config.hidden_size)
+    assert grid[:, 0].abs().sum() == 0                                                    # the pooled token
+    embed = model.llm.get_input_embeddings().weight
+    row, cell = (batch["name_mask"].any(-1)).nonzero()[0].tolist()
+    ids = batch["name_ids"][row, cell][batch["name_mask"][row, cell]]
+    assert torch.allclose(grid[row, cell + 1], embed[ids].sum(0).detach())
+    assert grid[~torch.cat([torch.ones(6, 1, dtype=torch.bool), batch["name_mask"].any(-1)], 1)].abs().sum() == 0
+
+    batch["alpha"] = torch.tensor([1.0, 0.0, 0.5, 1.0, 0.0, 0.25])
+    with torch.no_grad():
+        real = model.image_features(batch["pixel_values"]).float()
+    tokens = read_tokens(model, batch)
+    assert torch.allclose(tokens[0], grid[0]) and torch.allclose(tokens[1], real[1], atol=1e-6)
+    assert torch.allclose(tokens[2], 0.5 * grid[2] + 0.5 * real[2], atol=1e-6)
+    batch["pixel_values"] = torch.randn_like(batch["pixel_values"])                       # other images
+    moved = read_tokens(model, batch)
+    assert torch.allclose(moved[3], tokens[3]) and not torch.allclose(moved[4], tokens[4])
+
+
+def test_read_steps_lower_the_loss_and_train_only_the_llm(tmp_path, world, tiny_florence2_dir):
+    from florence_vl.train.read import read_loss
+    from florence_vl.train.vl import StageConfig, run_read
+
+    model, tok, processor = _tiny(world, tiny_florence2_dir)
+    held = _batches(model, tok, processor, world, batch_size=16, seed=99)(0)
+    model.eval()
+    with torch.no_grad():
+        before = float(read_loss(model, held))
+    frozen = [p.detach().clone() for p in list(model.florence2.parameters()) + list(model.mm_projector.parameters())]
+    llm = model.llm.lm_head.weight.detach().clone()
+    stage = StageConfig.from_dict({"data": str(world), "batch_size": 8, "cache_features": 100, "word_steps": 10,
+                                   "loop": {"steps": 30, "lr": 1e-2, "warmup_steps": 1, "log_every": 10,
+                                            "save_every": 100, "weight_decay": 0.0}})
+    records = run_read(model, processor, tok, stage, tmp_path / "read", progress=False)
+    assert len(records) == 3
+    model.eval()
+    with torch.no_grad():
+        after = float(read_loss(model, held))
+    assert after < 0.7 * before, (before, after)
+    assert not torch.equal(llm, model.llm.lm_head.weight)
+    now = list(model.florence2.parameters()) + list(model.mm_projector.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(frozen, now))
+    assert all(p.requires_grad for p in model.mm_projector.parameters()), "the projector is trainable again"
+
+    # read_accuracy's "real tokens" are the model's own teacher-forced answers through its usual image path
+    from florence_vl.train.read import ReadBatches, read_accuracy
+    from florence_vl.vl.model import IGNORE_INDEX
+
+    batches = ReadBatches(world, processor, tok, model.vision_tower.num_image_tokens, batch_size=1)
+    scores = read_accuracy(model, batches, per_type=6, batch_size=4)
+    assert set(scores) == set(batches.types) and sum(s["real tokens"] for s in scores.values()) > 0
+    rng = random.Random(0)
+    for kind in batches.types:
+        drawn = rng.sample(batches.every[kind], min(6, len(batches.every[kind])))
+        batch = batches.batch(drawn, [0.0] * len(drawn))
+        with torch.no_grad():
+            spliced = model.splice(batch["input_ids"], batch["attention_mask"], batch["labels"],
+                                   pixel_values=batch["pixel_values"])
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           pixel_values=batch["pixel_values"]).logits
+        labels = spliced["labels"][:, 1:]
+        right = ((logits[:, :-1].argmax(-1) == labels) | (labels == IGNORE_INDEX)).all(1)
+        assert scores[kind]["real tokens"] == pytest.approx(float(right.float().mean())), kind
+
+
+def test_recipe_runs_read_after_stage2(tmp_path, world, tiny_florence2_dir, monkeypatch):
+    import florence_vl.vl.checkpoint as checkpoint
+    from florence_vl.errors import InputError
+    from florence_vl.train.vl import VLRecipe, run
+
+    loaded = []
+    real_load = checkpoint.load_florence_vl
+    monkeypatch.setattr(checkpoint, "load_florence_vl",
+                        lambda path, *a, **k: loaded.append(path) or real_load(path, *a, **k))
+    quick = {"batch_size": 2, "max_length": 160, "loop": {"steps": 2, "warmup_steps": 1, "log_every": 1,
+                                                          "save_every": 100, "lr": 1e-2}}
+    data = {"out_dir": str(tmp_path / "run"), "florence2": str(tiny_florence2_dir), "llm_size": "tiny",
+            "tokenizer_vocab": 400, "lm": quick,
+            "stage1": dict(quick, data=str(world / "llava_pretrain.json")),
+            "stage2": dict(quick, data=str(world / "llava_instruct.json")),
+            "read": dict(quick, data=str(world), word_steps=1)}
+    final = run(VLRecipe.from_dict(data), progress=False)
+    out = tmp_path / "run"
+    assert final == out / "read" / "model" and (final / "florence_vl.json").exists()
+    assert loaded == [out / "stage1" / "model", out / "stage2" / "model"]       # read starts from stage 2
+    assert len((out / "read" / "log.jsonl").read_text().splitlines()) == 2
+    from florence_vl.vl.checkpoint import load_florence_vl
+
+    assert load_florence_vl(final).model.config.template == "phi3"
+
+    bad = dict(data, out_dir=str(tmp_path / "bad"), read=dict(quick, data=str(tmp_path / "nowhere")))
+    with pytest.raises(InputError, match="records.jsonl"):
+        run(VLRecipe.from_dict(bad), progress=False)
