@@ -72,18 +72,25 @@ nano-names: install
 
 PARTS ?= unicl,florence2
 ship-nano: install
-	$(BIN)/python scripts/ship_nano.py --parts $(PARTS) --florence-vl $(VL_RUN)/stage2/model
+	$(BIN)/python scripts/ship_nano.py --parts $(PARTS) --florence-vl $(VL_MODEL)
 
-# Florence-VL-nano: training scenes, then the nano LLM's tokenizer + LM pretraining, stage 1, stage 2 (~45 min
-# on the 2-core CPU, docs/florence-vl.md), then the VQA / POPE evaluation; `make ship-nano PARTS=florence_vl`
-# copies it into models/nano/florence-vl (bf16 storage).
+# Florence-VL-nano, the shipped recipe (run R, docs/florence-vl.md): training scenes, then the nano LLM's tokenizer,
+# associative-recall warm-up and LM stage, stage 1, the align stage, stage 2 and 1,500 read steps
+# (configs/florence-vl-nano-read.yaml and the files it builds on), then 600 more read steps resumed from its step-1500
+# checkpoint without gradient clipping (configs/florence-vl-nano-read-2100.yaml): ~150 min on one core of the 2-core
+# CPU; then the VQA / POPE evaluation. `make ship-nano PARTS=florence_vl` copies it into models/nano/florence-vl.
 vl-nano: install
 	$(BIN)/florence-vl world generate --split train --n 8000 --out data/vl-train
-	$(BIN)/florence-vl train vl configs/florence-vl-nano.yaml
+	$(BIN)/florence-vl train vl configs/florence-vl-nano-read.yaml
+	mkdir -p $(VL_RUN)/read
+	for part in tokenizer lm stage1 align stage2; do test -d $(VL_RUN)/$$part || cp -r runs/florence-vl-nano-read/$$part $(VL_RUN)/; done
+	test -d $(VL_RUN)/read/checkpoints || cp -r runs/florence-vl-nano-read/read/checkpoints $(VL_RUN)/read/
+	$(BIN)/florence-vl train vl configs/florence-vl-nano-read-2100.yaml
 	$(BIN)/florence-vl world generate --split test --n 500 --out data/test
-	$(BIN)/florence-vl eval vl --data data/test --model $(VL_RUN)/stage2/model --out docs/results/florence-vl-nano-test.json
+	$(BIN)/florence-vl eval vl --data data/test --model $(VL_MODEL) --out docs/results/florence-vl-nano-test.json
 
-VL_RUN ?= runs/florence-vl-nano
+VL_RUN ?= runs/florence-vl-nano-read-2100
+VL_MODEL ?= $(VL_RUN)/read/model
 NANO_MODEL ?= nano
 EVAL_LIMIT ?= 500
 eval-nano: install
