@@ -45,15 +45,9 @@ def test_grid_side_rejects_token_counts_without_a_square_grid():
 
 
 def _tiny_model(world, florence2_dir):
-    from florence_vl.florence2.checkpoint import load_florence2
-    from florence_vl.train.vl import VLRecipe, build_tokenizer, build_vl, world_texts
-    from florence_vl.vl.nano_llm import build_llm
+    from vl_tiny import recipe_model
 
-    recipe = VLRecipe(out_dir="unused", florence2=str(florence2_dir), llm_size="tiny", tokenizer_vocab=400)
-    tok = build_tokenizer(recipe, world_texts(world))
-    vision = load_florence2(florence2_dir)
-    torch.manual_seed(0)
-    return build_vl(recipe, build_llm(tok, "tiny"), vision, "plain"), tok, vision
+    return recipe_model(world, florence2_dir, "plain")
 
 
 def test_targets_are_the_llms_word_embeddings(world, tiny_florence2_dir):
@@ -106,22 +100,14 @@ def test_align_steps_lower_the_loss_and_train_only_the_projector(tmp_path, world
 
 
 def test_recipe_runs_align_between_the_stages(tmp_path, world, tiny_florence2_dir, monkeypatch):
-    import florence_vl.vl.checkpoint as checkpoint
+    from vl_tiny import QUICK_STAGE, quick_recipe, record_loads
+
     from florence_vl.errors import InputError
     from florence_vl.train.vl import VLRecipe, run
 
-    loaded = []
-    real_load = checkpoint.load_florence_vl
-    monkeypatch.setattr(checkpoint, "load_florence_vl",
-                        lambda path, *a, **k: loaded.append(path) or real_load(path, *a, **k))
-
-    quick = {"batch_size": 2, "max_length": 160, "loop": {"steps": 2, "warmup_steps": 1, "log_every": 1,
-                                                          "save_every": 100, "lr": 1e-2}}
-    data = {"out_dir": str(tmp_path / "run"), "florence2": str(tiny_florence2_dir), "llm_size": "tiny",
-            "tokenizer_vocab": 400, "lm": quick,
-            "stage1": dict(quick, data=str(world / "llava_pretrain.json")),
-            "align": dict(quick, data=str(world)),
-            "stage2": dict(quick, data=str(world / "llava_instruct.json"))}
+    loaded = record_loads(monkeypatch)
+    quick = QUICK_STAGE
+    data = quick_recipe(tmp_path / "run", world, tiny_florence2_dir, align={"data": str(world)})
     final = run(VLRecipe.from_dict(data), progress=False)
     out = tmp_path / "run"
     assert (out / "align" / "model" / "florence_vl.json").exists()

@@ -11,16 +11,11 @@ from florence_vl.train.align import cell_objects, name_token_ids, object_name
 
 
 def _tiny(world, florence2_dir):
-    from florence_vl.florence2.checkpoint import load_florence2
-    from florence_vl.train.vl import VLRecipe, build_tokenizer, build_vl, world_texts
-    from florence_vl.vl.nano_llm import build_llm
+    from vl_tiny import recipe_model
+
     from florence_vl.vl.processor import VLProcessor
 
-    recipe = VLRecipe(out_dir="unused", florence2=str(florence2_dir), llm_size="tiny", tokenizer_vocab=400)
-    tok = build_tokenizer(recipe, world_texts(world))
-    vision = load_florence2(florence2_dir)
-    torch.manual_seed(0)
-    model = build_vl(recipe, build_llm(tok, "tiny"), vision, "phi3")
+    model, tok, vision = recipe_model(world, florence2_dir, "phi3")
     return model, tok, VLProcessor(tok, vision.image_processor, "phi3", max_length=256)
 
 
@@ -140,21 +135,13 @@ def test_read_steps_lower_the_loss_and_train_only_the_llm(tmp_path, world, tiny_
 
 
 def test_recipe_runs_read_after_stage2(tmp_path, world, tiny_florence2_dir, monkeypatch):
-    import florence_vl.vl.checkpoint as checkpoint
+    from vl_tiny import quick_recipe, record_loads
+
     from florence_vl.errors import InputError
     from florence_vl.train.vl import VLRecipe, run
 
-    loaded = []
-    real_load = checkpoint.load_florence_vl
-    monkeypatch.setattr(checkpoint, "load_florence_vl",
-                        lambda path, *a, **k: loaded.append(path) or real_load(path, *a, **k))
-    quick = {"batch_size": 2, "max_length": 160, "loop": {"steps": 2, "warmup_steps": 1, "log_every": 1,
-                                                          "save_every": 100, "lr": 1e-2}}
-    data = {"out_dir": str(tmp_path / "run"), "florence2": str(tiny_florence2_dir), "llm_size": "tiny",
-            "tokenizer_vocab": 400, "lm": quick,
-            "stage1": dict(quick, data=str(world / "llava_pretrain.json")),
-            "stage2": dict(quick, data=str(world / "llava_instruct.json")),
-            "read": dict(quick, data=str(world), word_steps=1)}
+    loaded = record_loads(monkeypatch)
+    data = quick_recipe(tmp_path / "run", world, tiny_florence2_dir, read={"data": str(world), "word_steps": 1})
     final = run(VLRecipe.from_dict(data), progress=False)
     out = tmp_path / "run"
     assert final == out / "read" / "model" and (final / "florence_vl.json").exists()
@@ -164,6 +151,6 @@ def test_recipe_runs_read_after_stage2(tmp_path, world, tiny_florence2_dir, monk
 
     assert load_florence_vl(final).model.config.template == "phi3"
 
-    bad = dict(data, out_dir=str(tmp_path / "bad"), read=dict(quick, data=str(tmp_path / "nowhere")))
+    bad = quick_recipe(tmp_path / "bad", world, tiny_florence2_dir, read={"data": str(tmp_path / "nowhere")})
     with pytest.raises(InputError, match="records.jsonl"):
         run(VLRecipe.from_dict(bad), progress=False)

@@ -319,16 +319,20 @@ def run_stage2(model: FlorenceVLForCausalLM, processor: VLProcessor, stage: Stag
         return train(model, batches, loss_fn, stage.loop, out, progress=progress)
 
 
+def _world_folder(stage: StageConfig, name: str) -> str:
+    if not stage.data:
+        raise InputError(f"the {name} stage needs `data`: a world folder with records.jsonl (e.g. data/vl-train)")
+    return stage.data
+
+
 def run_align(model: FlorenceVLForCausalLM, processor: VLProcessor, tokenizer, stage: StageConfig, out: Path,
               progress: bool = True) -> list[dict]:
     """The projector alone, onto the LLM's word embeddings of the objects under each image token
     (train/align.py); Florence-2 and the LLM frozen. `data` is a world folder (records.jsonl + images)."""
     from .align import AlignBatches, align_loss
 
-    if not stage.data:
-        raise InputError("the align stage needs `data`: a world folder with records.jsonl (e.g. data/vl-train)")
     with frozen_tower(model, stage.cache_features, frozen=(model.llm,)):
-        batches = AlignBatches(stage.data, processor, model.llm, tokenizer, model.vision_tower.num_image_tokens,
+        batches = AlignBatches(_world_folder(stage, "align"), processor, model.llm, tokenizer, model.vision_tower.num_image_tokens,
                                stage.batch_size, seed=stage.loop.seed)
         return train(model, batches, align_loss, stage.loop, out, progress=progress)
 
@@ -339,10 +343,8 @@ def run_read(model: FlorenceVLForCausalLM, processor: VLProcessor, tokenizer, st
     (train/read.py); Florence-2 and the projector frozen. `data` is a world folder (records.jsonl + images)."""
     from .read import ReadBatches, read_loss
 
-    if not stage.data:
-        raise InputError("the read stage needs `data`: a world folder with records.jsonl (e.g. data/vl-train)")
     with frozen_tower(model, stage.cache_features, frozen=(model.mm_projector,)):
-        batches = ReadBatches(stage.data, processor, tokenizer, model.vision_tower.num_image_tokens,
+        batches = ReadBatches(_world_folder(stage, "read"), processor, tokenizer, model.vision_tower.num_image_tokens,
                               stage.batch_size, seed=stage.loop.seed, word_steps=stage.word_steps,
                               real_share=stage.real_share)
         return train(model, batches, read_loss, stage.loop, out, progress=progress)
