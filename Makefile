@@ -27,7 +27,7 @@ demo: install
 	$(BIN)/florence-vl tasks out/sample.png --task $(TASK) \
 		--model $(if $(filter random-tiny,$(MODEL)),out/random-tiny,$(MODEL)) --draw out/sample-od.png
 	@if [ "$(MODEL)" = "nano" ]; then echo "florence-vl chat (Florence-VL-nano):"; \
-		$(BIN)/florence-vl chat out/sample.png "How many shapes are there?"; fi
+		$(BIN)/florence-vl chat out/sample.png "How many shapes are there? Answer the question using a single word or phrase."; fi
 
 # The web page tests drive Debian's Chromium, headless; install it when missing (root + apt-get). Where it
 # cannot be installed those tests skip and say so.

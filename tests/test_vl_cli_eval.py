@@ -98,6 +98,21 @@ def test_chat_cli(checkpoint, split, capsys, monkeypatch):
     assert len(lines) == 2 and lines[0] == answer
 
 
+def test_chat_cli_says_when_the_answer_is_empty(checkpoint, split, capsys, monkeypatch):
+    from florence_vl.vl.chat import FlorenceVL
+    from florence_vl.vl.commands import EMPTY_ANSWER_NOTE
+
+    image = str(split / "images" / "000000.png")
+    monkeypatch.setattr(FlorenceVL, "chat", lambda self, *a, stream=False, **k: iter([""]) if stream else "")
+    for extra in ([], ["--stream"]):
+        assert main(["chat", image, "How many?", "--model", str(checkpoint)] + extra) == 0
+        captured = capsys.readouterr()
+        assert captured.out == "\n" and EMPTY_ANSWER_NOTE in captured.err
+    monkeypatch.setattr(FlorenceVL, "chat", lambda self, *a, stream=False, **k: iter(["3"]) if stream else "3")
+    assert main(["chat", image, "How many?", "--model", str(checkpoint)]) == 0
+    assert EMPTY_ANSWER_NOTE not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv,message", [
     (["chat", "missing.png", "hi"], "missing.png"),
     (["chat", "IMAGE", "hi", "--model", "/nowhere/ckpt"], "does not exist"),

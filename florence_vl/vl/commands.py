@@ -28,6 +28,10 @@ def add_chat_parser(sub) -> None:
     chat.add_argument("--allow-pickle", action="store_true", help="allow pickle weights you trust")
 
 
+EMPTY_ANSWER_NOTE = ("(the model ended its answer at once, so it is empty; the nano Florence-VL was trained on questions "
+                     "that end with \"Answer the question using a single word or phrase.\" and answers best with it)")
+
+
 def _say(vl, image, question, history, args, out) -> str:
     if args.stream:
         pieces = []
@@ -36,9 +40,12 @@ def _say(vl, image, question, history, args, out) -> str:
             out.flush()
             pieces.append(piece)
         out.write("\n")
-        return "".join(pieces).strip()
-    answer = vl.chat(image, question, history=history, max_new_tokens=args.max_new_tokens)
-    out.write(answer + "\n")
+        answer = "".join(pieces).strip()
+    else:
+        answer = vl.chat(image, question, history=history, max_new_tokens=args.max_new_tokens)
+        out.write(answer + "\n")
+    if not answer.strip():   # an empty line alone looks like a hang or a crash
+        print(EMPTY_ANSWER_NOTE, file=sys.stderr)
     return answer
 
 
