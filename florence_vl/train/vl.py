@@ -18,9 +18,8 @@
     `recall_rows` in their config) so that the lookup is kept while the LLM learns the image.
 
 Each stage uses train/loop.py (resumable; batches a pure function of the step) and writes its model to
-out_dir/<stage>/model; the next stage starts from it (stage 2 from align's when that ran, read from the last
-before it). `run(recipe)` runs the
-stages that are not done yet.
+out_dir/<stage>/model; the next stage starts from it (stage 2 from align's when that ran, read from the last one
+before it). `run(recipe)` runs the stages that are not done yet.
 """
 
 from __future__ import annotations
@@ -332,8 +331,8 @@ def run_align(model: FlorenceVLForCausalLM, processor: VLProcessor, tokenizer, s
     from .align import AlignBatches, align_loss
 
     with frozen_tower(model, stage.cache_features, frozen=(model.llm,)):
-        batches = AlignBatches(_world_folder(stage, "align"), processor, model.llm, tokenizer, model.vision_tower.num_image_tokens,
-                               stage.batch_size, seed=stage.loop.seed)
+        batches = AlignBatches(_world_folder(stage, "align"), processor, model.llm, tokenizer,
+                               model.vision_tower.num_image_tokens, stage.batch_size, seed=stage.loop.seed)
         return train(model, batches, align_loss, stage.loop, out, progress=progress)
 
 
@@ -344,9 +343,9 @@ def run_read(model: FlorenceVLForCausalLM, processor: VLProcessor, tokenizer, st
     from .read import ReadBatches, read_loss
 
     with frozen_tower(model, stage.cache_features, frozen=(model.mm_projector,)):
-        batches = ReadBatches(_world_folder(stage, "read"), processor, tokenizer, model.vision_tower.num_image_tokens,
-                              stage.batch_size, seed=stage.loop.seed, word_steps=stage.word_steps,
-                              real_share=stage.real_share)
+        batches = ReadBatches(_world_folder(stage, "read"), processor, tokenizer,
+                              model.vision_tower.num_image_tokens, stage.batch_size, seed=stage.loop.seed,
+                              word_steps=stage.word_steps, real_share=stage.real_share)
         return train(model, batches, read_loss, stage.loop, out, progress=progress)
 
 
