@@ -7,8 +7,8 @@ Why (docs/florence-vl.md, 2026-12-07, fourth session): with the projector aligne
 the LLM of stage 2 answered a colour question at 0.17 from the real tokens and at 0.18 from the word grid itself:
 it did not read the token form at all. Trained on the word grid it reads it, and the blends carry that over to the
 real tokens: the shipped model's colour 0.155 -> 0.229 and shape 0.168 -> 0.226 in generation on the test split
-(majority answer 0.127 / 0.153). Like the align stage it needs per-object annotations, which the nano world has; it is not in the published
-recipe.
+(majority answer 0.127 / 0.153). Like the align stage it needs per-object annotations, which the nano world has;
+it is not in the published recipe.
 
 Each row's blend weight: 1 (word grid alone) for the first `word_steps` steps; after that 0 (real tokens alone)
 for a `real_share` of the rows and uniform in [0, 1] for the rest. Yes/no questions are drawn half "yes", half

@@ -28,8 +28,9 @@ def add_chat_parser(sub) -> None:
     chat.add_argument("--allow-pickle", action="store_true", help="allow pickle weights you trust")
 
 
-EMPTY_ANSWER_NOTE = ("(the model ended its answer at once, so it is empty; the nano Florence-VL was trained on questions "
-                     "that end with \"Answer the question using a single word or phrase.\" and answers best with it)")
+EMPTY_ANSWER_NOTE = ("(the model ended its answer at once, so it is empty; the nano Florence-VL was trained on "
+                     "questions that end with \"Answer the question using a single word or phrase.\" and answers "
+                     "best with it)")
 
 
 def _say(vl, image, question, history, args, out) -> str:
