@@ -388,13 +388,31 @@ def stage_lookup(recipe: VLRecipe, name: str, tokenizer, text_folder) -> tuple |
     return grounded, recall, recipe.recall.weight
 
 
+def _next_stage(start: Path, done: Path, stage: StageConfig, label: str, template: str | None, run_stage) -> None:
+    """A stage that continues a saved model: load `start`, train it with run_stage(model, processor, tokenizer) in
+    `template` (None: the model's own), save it to `done`."""
+    from ..vl.chat import FlorenceVL
+    from ..vl.checkpoint import load_florence_vl
+
+    torch.manual_seed(stage.loop.seed)
+    if not (start / "florence_vl.json").exists():
+        raise InputError(f"{label} starts from {start.parent.name}'s model, and {start} does not exist yet")
+    bundle = load_florence_vl(start)
+    model = bundle.model
+    model.config.template = template or model.config.template
+    processor = VLProcessor(bundle.tokenizer, bundle.image_processor, model.config.template,
+                            model.config.image_aspect_ratio, max_length=stage.max_length)
+    run_stage(model, processor, bundle.tokenizer)
+    model.eval()
+    FlorenceVL(model, bundle.tokenizer, bundle.image_processor, source=str(done)).save_pretrained(done)
+
+
 def run(recipe: VLRecipe, *, progress: bool = True, stages: tuple[str, ...] = STAGES) -> Path:
     """Run the recipe's stages (each skipped when its model exists); returns the final model's folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..florence2.checkpoint import load_florence2
     from ..vl.chat import FlorenceVL
-    from ..vl.checkpoint import load_florence_vl
     from ..vl.nano_llm import build_llm
 
     out = Path(recipe.out_dir)
@@ -450,45 +468,21 @@ def run(recipe: VLRecipe, *, progress: bool = True, stages: tuple[str, ...] = ST
         FlorenceVL(model, tokenizer, vision.image_processor, source=str(s1_dir)).save_pretrained(s1_dir)
     align_dir = out / "align" / "model"
     if "align" in stages and recipe.align.loop.steps > 0 and not (align_dir / "florence_vl.json").exists():
-        torch.manual_seed(recipe.align.loop.seed)
-        if not (s1_dir / "florence_vl.json").exists():
-            raise InputError(f"the align stage starts from stage 1's model, and {s1_dir} does not exist yet")
-        bundle = load_florence_vl(s1_dir)
-        processor = VLProcessor(bundle.tokenizer, bundle.image_processor, bundle.model.config.template,
-                                bundle.model.config.image_aspect_ratio)
-        run_align(bundle.model, processor, bundle.tokenizer, recipe.align, out / "align", progress)
-        bundle.model.eval()
-        FlorenceVL(bundle.model, bundle.tokenizer, bundle.image_processor, source=str(align_dir)).save_pretrained(
-            align_dir)
+        _next_stage(s1_dir, align_dir, recipe.align, "the align stage", None,
+                    lambda model, processor, tok: run_align(model, processor, tok, recipe.align, out / "align",
+                                                            progress))
     start = align_dir if recipe.align.loop.steps > 0 else s1_dir   # stage 2's starting model
     if "stage2" in stages and recipe.stage2.loop.steps > 0 and not (final / "florence_vl.json").exists():
-        torch.manual_seed(recipe.stage2.loop.seed)
-        if not (start / "florence_vl.json").exists():
-            raise InputError(f"stage 2 starts from {start.parent.name}'s model, and {start} does not exist yet")
-        bundle = load_florence_vl(start)
-        model = bundle.model
-        model.config.template = recipe.stage2_template
-        processor = VLProcessor(bundle.tokenizer, bundle.image_processor, recipe.stage2_template,
-                                model.config.image_aspect_ratio, max_length=recipe.stage2.max_length)
-        run_stage2(model, processor, recipe.stage2, out / "stage2", progress,
-                   stage_lookup(recipe, "stage2", bundle.tokenizer, text_folder))
-        model.eval()
-        FlorenceVL(model, bundle.tokenizer, bundle.image_processor, source=str(final)).save_pretrained(final)
+        _next_stage(start, final, recipe.stage2, "stage 2", recipe.stage2_template,
+                    lambda model, processor, tok: run_stage2(model, processor, recipe.stage2, out / "stage2",
+                                                             progress,
+                                                             stage_lookup(recipe, "stage2", tok, text_folder)))
     before_read = final if recipe.stage2.loop.steps > 0 else start
     read_dir = out / "read" / "model"
     if "read" in stages and recipe.read.loop.steps > 0 and not (read_dir / "florence_vl.json").exists():
-        torch.manual_seed(recipe.read.loop.seed)
-        if not (before_read / "florence_vl.json").exists():
-            raise InputError(f"the read stage starts from {before_read.parent.name}'s model, and {before_read} "
-                             "does not exist yet")
-        bundle = load_florence_vl(before_read)
-        model = bundle.model
-        model.config.template = recipe.stage2_template
-        processor = VLProcessor(bundle.tokenizer, bundle.image_processor, recipe.stage2_template,
-                                model.config.image_aspect_ratio, max_length=recipe.read.max_length)
-        run_read(model, processor, bundle.tokenizer, recipe.read, out / "read", progress)
-        model.eval()
-        FlorenceVL(model, bundle.tokenizer, bundle.image_processor, source=str(read_dir)).save_pretrained(read_dir)
+        _next_stage(before_read, read_dir, recipe.read, "the read stage", recipe.stage2_template,
+                    lambda model, processor, tok: run_read(model, processor, tok, recipe.read, out / "read",
+                                                           progress))
     for done in (read_dir, final):
         if (done / "florence_vl.json").exists():
             return done
