@@ -24,8 +24,9 @@ import torch
 from PIL import Image
 
 from ..errors import InputError
-from ..vl.model import IGNORE_INDEX, pad_rows
+from ..vl.model import pad_rows
 from .align import cell_objects, grid_side, name_token_ids, object_name
+from .vl import exact_answers
 
 READ_TYPES = ("color", "shape", "count", "exist", "spatial", "multiple_choice")
 
@@ -132,19 +133,21 @@ def word_grid(llm, name_ids: torch.Tensor, name_mask: torch.Tensor) -> torch.Ten
     return torch.cat([cells.new_zeros(cells.shape[0], 1, cells.shape[2]), cells], dim=1)
 
 
-def read_tokens(model, batch: dict) -> torch.Tensor:
-    """Each row's image tokens: alpha * word grid + (1 - alpha) * the real projected tokens."""
+def read_tokens(model, batch: dict, real: torch.Tensor | None = None) -> torch.Tensor:
+    """Each row's image tokens: alpha * word grid + (1 - alpha) * the real projected tokens (`real`, or computed
+    from the batch's pixel values)."""
     words = word_grid(model.llm, batch["name_ids"], batch["name_mask"])
-    if "pixel_values" not in batch:
-        return words
-    with torch.no_grad():
-        real = model.image_features(batch["pixel_values"]).float()
+    if real is None:
+        if "pixel_values" not in batch:
+            return words
+        with torch.no_grad():
+            real = model.image_features(batch["pixel_values"]).float()
     alpha = batch["alpha"].to(real.device).view(-1, 1, 1)
     return alpha * words.to(real.device) + (1 - alpha) * real
 
 
-def _read_output(model, batch: dict) -> tuple:
-    tokens = read_tokens(model, batch).to(model.dtype)
+def _read_output(model, batch: dict, real: torch.Tensor | None = None) -> tuple:
+    tokens = read_tokens(model, batch, real).to(model.dtype)
     inputs = model.splice(batch["input_ids"], batch["attention_mask"], batch["labels"], image_embeds=tokens)
     return model.llm(**{k: v for k, v in inputs.items() if v is not None}), inputs["labels"]
 
@@ -162,7 +165,8 @@ def read_accuracy(model, batches: ReadBatches, per_type: int = 100, batch_size: 
     """Per question type, exact match of the answer tokens, teacher-forced (every answer token the argmax), on
     `per_type` questions drawn as they come (not balanced) and answered three ways: from the real image tokens,
     from the word grid, and from the real tokens of the next question's image (what the question alone gives,
-    near enough). A model that reads the image scores the first well above the third."""
+    near enough). A model that reads the image scores the first well above the third. Florence-2 runs once per
+    chunk: the other images' tokens are the chunk's own, rolled by one."""
     rng = random.Random(seed)
     scores: dict[str, dict[str, float]] = {}
     was_training = model.training
@@ -174,16 +178,12 @@ def read_accuracy(model, batches: ReadBatches, per_type: int = 100, batch_size: 
         for start in range(0, len(drawn), batch_size):
             chunk = drawn[start:start + batch_size]
             batch = batches.batch(chunk, [0.0] * len(chunk))
+            real = model.image_features(batch["pixel_values"]).float()
+            shown = {"real tokens": (batch, real), "word grid": ({**batch, "alpha": torch.ones(len(chunk))}, real),
+                     "other images": (batch, real.roll(1, dims=0))}
             for variant in READ_VARIANTS:
-                if variant == "word grid":
-                    shown = {**batch, "alpha": torch.ones(len(chunk))}
-                elif variant == "other images":
-                    shown = {**batch, "pixel_values": batch["pixel_values"].roll(1, dims=0)}
-                else:
-                    shown = batch
-                output, labels = _read_output(model, shown)
-                predicted, labels = output.logits[:, :-1].argmax(-1), labels[:, 1:]
-                hits[variant] += int(((predicted == labels) | (labels == IGNORE_INDEX)).all(dim=1).sum())
+                output, labels = _read_output(model, *shown[variant])
+                hits[variant] += int(exact_answers(output.logits, labels).sum())
         scores[kind] = {variant: hits[variant] / len(drawn) for variant in READ_VARIANTS}
     model.train(was_training)
     return scores

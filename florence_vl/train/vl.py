@@ -155,6 +155,13 @@ def grounded_questions(folder: str | Path, types: list[str] | tuple[str, ...] = 
     return {kind: by_type[kind] for kind in types} if types else by_type
 
 
+def exact_answers(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per row, whether every target token (labels other than IGNORE_INDEX) is the argmax of the logits before it:
+    teacher-forced exact match."""
+    predicted, labels = logits[:, :-1].argmax(-1), labels[:, 1:]
+    return ((predicted == labels) | (labels == IGNORE_INDEX)).all(dim=1)
+
+
 @torch.no_grad()
 def lookup_accuracy(llm, processor, by_type: dict[str, list[tuple[str, str]]], per_type: int = 60,
                     batch_size: int = 60, seed: int = 0) -> dict[str, float]:
@@ -174,8 +181,7 @@ def lookup_accuracy(llm, processor, by_type: dict[str, list[tuple[str, str]]], p
         batch = pad_rows([ids for ids, _ in encoded], processor.tokenizer.pad_token_id,
                          labels=[labels for _, labels in encoded])
         logits = llm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        predicted, labels = logits[:, :-1].argmax(-1), batch["labels"][:, 1:]
-        right = ((predicted == labels) | (labels == IGNORE_INDEX)).all(dim=1)
+        right = exact_answers(logits, batch["labels"])
         for (kind, _), ok in zip(chunk, right.tolist()):
             hits[kind] = hits.get(kind, 0) + int(ok)
             counts[kind] = counts.get(kind, 0) + 1
