@@ -56,6 +56,17 @@ def cell_objects(record: dict, side: int, min_cover: float = 0.1) -> list[int]:
     return owners
 
 
+def scenes_with_objects(folder: Path, stage: str) -> list[dict]:
+    """The records of a world folder's scenes that have objects (per-object annotations are what the align and
+    read stages train on); a clear error when `folder` is not a world folder."""
+    from ..data.formats import read_records
+
+    if not (folder / "records.jsonl").exists():
+        raise InputError(f"the {stage} stage reads a world folder's records.jsonl; {folder} has none "
+                         "(florence-vl world generate --split train --out DIR writes one)")
+    return [r for r in read_records(folder) if r.get("objects")]
+
+
 def object_name(obj: dict) -> str:
     return f"{obj['color']} {obj['class']}"
 
@@ -77,13 +88,8 @@ class AlignBatches:
 
     def __init__(self, folder: str | Path, processor, llm, tokenizer, num_image_tokens: int, batch_size: int,
                  seed: int = 0, min_cover: float = 0.1):
-        from ..data.formats import read_records
-
         self.folder = Path(folder)
-        if not (self.folder / "records.jsonl").exists():
-            raise InputError(f"the align stage reads a world folder's records.jsonl; {self.folder} has none "
-                             "(florence-vl world generate --split train --out DIR writes one)")
-        self.records = [r for r in read_records(self.folder) if r.get("objects")]
+        self.records = scenes_with_objects(self.folder, "align")
         self.processor = processor
         self.side, self.min_cover = grid_side(num_image_tokens), min_cover
         objects = [o for r in self.records for o in r["objects"]]

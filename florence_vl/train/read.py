@@ -25,7 +25,7 @@ from PIL import Image
 
 from ..errors import InputError
 from ..vl.model import pad_rows
-from .align import cell_objects, grid_side, name_token_ids, object_name
+from .align import cell_objects, grid_side, name_token_ids, object_name, scenes_with_objects
 from .vl import exact_answers
 
 READ_TYPES = ("color", "shape", "count", "exist", "spatial", "multiple_choice")
@@ -38,28 +38,21 @@ class ReadBatches:
     def __init__(self, folder: str | Path, processor, tokenizer, num_image_tokens: int, batch_size: int,
                  seed: int = 0, word_steps: int = 0, real_share: float = 0.3, types=READ_TYPES,
                  min_cover: float = 0.1):
-        from ..data.formats import question_instruction, read_records
+        from ..data.formats import question_instruction
 
         self.folder = Path(folder)
-        if not (self.folder / "records.jsonl").exists():
-            raise InputError(f"the read stage reads a world folder's records.jsonl; {self.folder} has none "
-                             "(florence-vl world generate --split train --out DIR writes one)")
         self.processor, self.batch_size, self.seed = processor, batch_size, seed
         self.word_steps, self.real_share = word_steps, real_share
         self.side = grid_side(num_image_tokens)
         self.min_cover = min_cover
         # per type, per answer: (record index, user turn, answer)
-        self.records: list[dict] = []
+        self.records = scenes_with_objects(self.folder, "read")
         self.questions: dict[str, dict[str, list[tuple[int, str, str]]]] = {}
-        for record in read_records(self.folder):
-            if not record.get("objects"):
-                continue
+        for index, record in enumerate(self.records):
             for qa in record.get("qa", []):
                 if qa["type"] in types:
                     by_answer = self.questions.setdefault(qa["type"], {})
-                    by_answer.setdefault(qa["answer"], []).append(
-                        (len(self.records), question_instruction(qa), qa["answer"]))
-            self.records.append(record)
+                    by_answer.setdefault(qa["answer"], []).append((index, question_instruction(qa), qa["answer"]))
         if not self.questions:
             raise InputError(f"{self.folder} has no questions of types {list(types)} on scenes with objects")
         self.types = sorted(self.questions)
