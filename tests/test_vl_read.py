@@ -154,3 +154,63 @@ def test_recipe_runs_read_after_stage2(tmp_path, world, tiny_florence2_dir, monk
     bad = quick_recipe(tmp_path / "bad", world, tiny_florence2_dir, read={"data": str(tmp_path / "nowhere")})
     with pytest.raises(InputError, match="records.jsonl"):
         run(VLRecipe.from_dict(bad), progress=False)
+
+
+def test_conjunction_questions_need_both_words_on_one_object():
+    from florence_vl.train.read import conjunction_questions
+
+    record = {"objects": [{"color": "red", "class": "circle"}, {"color": "blue", "class": "triangle"},
+                          {"color": "red", "class": "circle"}]}
+    asked = conjunction_questions(record)
+    assert asked["yes"] == ["Is there a blue triangle in the image?", "Is there a red circle in the image?"]
+    assert asked["no"] == ["Is there a blue circle in the image?", "Is there a red triangle in the image?"]
+    one = conjunction_questions({"objects": [{"color": "orange", "class": "star"}]})
+    assert one == {"yes": ["Is there an orange star in the image?"], "no": []}
+
+
+def test_conjunction_rows_and_type_weights(world, tiny_florence2_dir):
+    from florence_vl.errors import InputError
+    from florence_vl.train.read import CONJUNCTION, conjunction_questions
+
+    model, tok, processor = _tiny(world, tiny_florence2_dir)
+    batches = _batches(model, tok, processor, world, batch_size=4, types=("color", CONJUNCTION),
+                       type_weights={CONJUNCTION: 3.0})
+    assert batches.types == ["color", CONJUNCTION]
+    # every generated row is one of its scene's conjunction questions, with its answer, asked as the world asks
+    for index, user, answer in batches.every[CONJUNCTION]:
+        question, instruction = user.split("\n")
+        assert question in conjunction_questions(batches.records[index])[answer]
+        assert instruction == "Answer the question using a single word or phrase."
+    assert set(batches.questions[CONJUNCTION]) == {"yes", "no"}
+    rng = random.Random(0)
+    drawn = [batches._draw(rng) for _ in range(800)]
+    conj = [d for d in drawn if d in set(batches.every[CONJUNCTION])]
+    assert 0.70 < len(conj) / len(drawn) < 0.80                                          # weight 3 : 1
+    assert 0.42 < sum(a == "yes" for _, _, a in conj) / len(conj) < 0.58                 # half yes
+    with pytest.raises(InputError, match="type_weights"):
+        _batches(model, tok, processor, world, batch_size=4, types=("color",), type_weights={"shape": 2.0})
+
+
+def test_read_from_continues_a_saved_model_with_the_read_stage_alone(tmp_path, world, tiny_florence2_dir,
+                                                                     monkeypatch):
+    from vl_tiny import quick_recipe, record_loads
+
+    from florence_vl.errors import InputError
+    from florence_vl.train.vl import VLRecipe, run
+
+    first = run(VLRecipe.from_dict(quick_recipe(tmp_path / "first", world, tiny_florence2_dir)), progress=False)
+    loaded = record_loads(monkeypatch)
+    data = quick_recipe(tmp_path / "more", world, tiny_florence2_dir,
+                        read={"data": str(world), "word_steps": 1, "types": ["exist", "conjunction"]})
+    data["read_from"] = str(first)
+    final = run(VLRecipe.from_dict(data), progress=False)
+    out = tmp_path / "more"
+    assert final == out / "read" / "model" and (final / "florence_vl.json").exists()
+    assert loaded == [first]                                        # nothing else loaded, no other stage run
+    assert sorted(p.name for p in out.iterdir()) == ["read"]
+    assert run(VLRecipe.from_dict(data), progress=False) == final   # done: not run again
+    assert loaded == [first]
+
+    data["read"] = {**data["read"], "loop": {**data["read"]["loop"], "steps": 0}}
+    with pytest.raises(InputError, match="read_from"):
+        run(VLRecipe.from_dict({**data, "out_dir": str(tmp_path / "none")}), progress=False)

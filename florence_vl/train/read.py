@@ -29,6 +29,22 @@ from .align import cell_objects, grid_side, name_token_ids, object_name, scenes_
 from .vl import exact_answers
 
 READ_TYPES = ("color", "shape", "count", "exist", "spatial", "multiple_choice")
+CONJUNCTION = "conjunction"   # a generated type (not one of the world's): see conjunction_questions()
+
+
+def conjunction_questions(record: dict) -> dict[str, list[str]]:
+    """Existence questions that matching one word cannot answer: "yes" for each colour-shape pair present on one
+    object, "no" for each pair whose colour is on one object and whose shape is on another but which no object
+    has (a scene with a red circle and a blue triangle: "Is there a red triangle in the image?" -> "no"). The
+    world's own "no" questions mostly name a colour or shape that is not there at all, which one word settles."""
+    from ..data.grammar import _article
+
+    objects = record.get("objects", [])
+    present = {(o["color"], o["class"]) for o in objects}
+    colours, shapes = sorted({c for c, _ in present}), sorted({s for _, s in present})
+    ask = lambda pair: f"Is there {_article(f'{pair[0]} {pair[1]}')} in the image?"  # noqa: E731
+    absent = [(c, s) for c in colours for s in shapes if (c, s) not in present]
+    return {"yes": [ask(p) for p in sorted(present)], "no": [ask(p) for p in absent]}
 
 
 class ReadBatches:
@@ -37,7 +53,7 @@ class ReadBatches:
 
     def __init__(self, folder: str | Path, processor, tokenizer, num_image_tokens: int, batch_size: int,
                  seed: int = 0, word_steps: int = 0, real_share: float = 0.3, types=READ_TYPES,
-                 min_cover: float = 0.1):
+                 min_cover: float = 0.1, type_weights: dict[str, float] | None = None):
         from ..data.formats import question_instruction
 
         self.folder = Path(folder)
@@ -53,9 +69,20 @@ class ReadBatches:
                 if qa["type"] in types:
                     by_answer = self.questions.setdefault(qa["type"], {})
                     by_answer.setdefault(qa["answer"], []).append((index, question_instruction(qa), qa["answer"]))
+            if CONJUNCTION in types:
+                for answer, asked in conjunction_questions(record).items():
+                    for question in asked:
+                        user = question_instruction({"question": question, "type": "exist"})
+                        self.questions.setdefault(CONJUNCTION, {}).setdefault(answer, []).append(
+                            (index, user, answer))
         if not self.questions:
             raise InputError(f"{self.folder} has no questions of types {list(types)} on scenes with objects")
         self.types = sorted(self.questions)
+        weights = type_weights or {}
+        unknown = sorted(set(weights) - set(self.types))
+        if unknown:
+            raise InputError(f"type_weights names {unknown}, not among the read types {self.types}")
+        self.weights = [float(weights.get(kind, 1.0)) for kind in self.types] if weights else None
         self.every = {kind: [q for answer in sorted(by_answer) for q in by_answer[answer]]
                       for kind, by_answer in self.questions.items()}
         self.names = {}
@@ -73,7 +100,7 @@ class ReadBatches:
         return self._owners[index]
 
     def _draw(self, rng: random.Random) -> tuple[int, str, str]:
-        kind = rng.choice(self.types)
+        kind = rng.choices(self.types, weights=self.weights)[0] if self.weights else rng.choice(self.types)
         by_answer = self.questions[kind]
         if set(by_answer) <= {"yes", "no"}:      # balanced: half yes, half no
             return rng.choice(by_answer[rng.choice(sorted(by_answer))])

@@ -33,6 +33,7 @@ import torch
 
 from ..data.llava import LazyLLaVADataset, StepBatches
 from ..errors import InputError
+from ..models import resolve_model
 from ..vl.model import IGNORE_INDEX, FlorenceVLForCausalLM, VLConfig, pad_rows
 from ..vl.processor import VLProcessor
 from .loop import LoopConfig, train
@@ -51,6 +52,8 @@ class StageConfig:
     recall_rows: int = 0             # ... and recall rows at recall.weight, so the LM stage's lookup is kept
     word_steps: int = 0              # read: steps on the word grid alone before the blends with real tokens
     real_share: float = 0.3          # read: after those, the share of rows on the real tokens alone
+    types: list[str] = field(default_factory=list)       # read: question types (empty: READ_TYPES; "conjunction"
+    type_weights: dict = field(default_factory=dict)     # ... adds generated ones); how often each is drawn (1)
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=0, precision="no"))
 
     @classmethod
@@ -86,6 +89,8 @@ class VLRecipe:
     align: StageConfig = field(default_factory=StageConfig)  # optional, after stage 1: train/align.py
     stage2: StageConfig = field(default_factory=StageConfig)
     read: StageConfig = field(default_factory=StageConfig)   # optional, after stage 2: train/read.py
+    read_from: str | None = None    # start the read stage from this Florence-VL model (a folder, or "nano") and
+                                    # run no other stage: a read stage continued from a shipped model
 
     @classmethod
     def from_dict(cls, data: dict) -> "VLRecipe":
@@ -346,12 +351,13 @@ def run_read(model: FlorenceVLForCausalLM, processor: VLProcessor, tokenizer, st
              progress: bool = True) -> list[dict]:
     """The LLM alone on questions answered from the word grid and its blends with the real image tokens
     (train/read.py); Florence-2 and the projector frozen. `data` is a world folder (records.jsonl + images)."""
-    from .read import ReadBatches, read_loss
+    from .read import READ_TYPES, ReadBatches, read_loss
 
     with frozen_tower(model, stage.cache_features, frozen=(model.mm_projector,)):
         batches = ReadBatches(_world_folder(stage, "read"), processor, tokenizer,
                               model.vision_tower.num_image_tokens, stage.batch_size, seed=stage.loop.seed,
-                              word_steps=stage.word_steps, real_share=stage.real_share)
+                              word_steps=stage.word_steps, real_share=stage.real_share,
+                              types=tuple(stage.types) or READ_TYPES, type_weights=stage.type_weights)
         return train(model, batches, read_loss, stage.loop, out, progress=progress)
 
 
@@ -423,6 +429,16 @@ def run(recipe: VLRecipe, *, progress: bool = True, stages: tuple[str, ...] = ST
 
     out = Path(recipe.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    read_dir = out / "read" / "model"
+    if recipe.read_from:
+        if recipe.read.loop.steps <= 0:
+            raise InputError("read_from continues a model with the read stage, and read.loop.steps is 0")
+        if not (read_dir / "florence_vl.json").exists():
+            _next_stage(Path(resolve_model(recipe.read_from, "florence_vl")), read_dir, recipe.read,
+                        "the read stage", None,
+                        lambda model, processor, tok: run_read(model, processor, tok, recipe.read, out / "read",
+                                                               progress))
+        return read_dir
     text_folder = recipe.text_data or (Path(recipe.stage1.data).parent if recipe.stage1.data else None)
     tokenizer_dir = out / "tokenizer"
     if (tokenizer_dir / "tokenizer.json").exists():
@@ -484,7 +500,6 @@ def run(recipe: VLRecipe, *, progress: bool = True, stages: tuple[str, ...] = ST
                                                              progress,
                                                              stage_lookup(recipe, "stage2", tok, text_folder)))
     before_read = final if recipe.stage2.loop.steps > 0 else start
-    read_dir = out / "read" / "model"
     if "read" in stages and recipe.read.loop.steps > 0 and not (read_dir / "florence_vl.json").exists():
         _next_stage(before_read, read_dir, recipe.read, "the read stage", recipe.stage2_template,
                     lambda model, processor, tok: run_read(model, processor, tok, recipe.read, out / "read",
