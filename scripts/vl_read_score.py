@@ -21,9 +21,11 @@ def main() -> None:
     parser.add_argument("--per-type", type=int, default=100, help="questions per type (default 100)")
     parser.add_argument("--types", nargs="*", default=["color", "shape", "count", "exist"],
                         help="question types (default: color shape count exist)")
+    parser.add_argument("--auc", action="store_true",
+                        help="also, for the yes/no types, the AUC of logit(yes) - logit(no): reading under any prior")
     args = parser.parse_args()
 
-    from florence_vl.train.read import READ_VARIANTS, ReadBatches, read_accuracy
+    from florence_vl.train.read import READ_VARIANTS, ReadBatches, read_accuracy, yes_no_auc
     from florence_vl.vl.checkpoint import load_florence_vl
     from florence_vl.vl.processor import VLProcessor
 
@@ -37,6 +39,12 @@ def main() -> None:
     print(f"{'type':<18}" + "".join(f"{v:>14}" for v in READ_VARIANTS))
     for kind, by_variant in scores.items():
         print(f"{kind:<18}" + "".join(f"{by_variant[v]:>14.2f}" for v in READ_VARIANTS))
+    if args.auc:
+        for kind in batches.types:
+            if set(batches.questions[kind]) == {"yes", "no"}:
+                auc = yes_no_auc(model, batches, kind, count=2 * args.per_type)
+                scores[f"{kind} AUC"] = auc
+                print(f"{kind + ' AUC':<18}" + "".join(f"{auc[v]:>14.2f}" for v in READ_VARIANTS))
     print(json.dumps(scores))
 
 

@@ -214,3 +214,23 @@ def test_read_from_continues_a_saved_model_with_the_read_stage_alone(tmp_path, w
     data["read"] = {**data["read"], "loop": {**data["read"]["loop"], "steps": 0}}
     with pytest.raises(InputError, match="read_from"):
         run(VLRecipe.from_dict({**data, "out_dir": str(tmp_path / "none")}), progress=False)
+
+
+def test_yes_no_auc_reads_the_margin_whatever_the_prior(world, tiny_florence2_dir):
+    from florence_vl.errors import InputError
+    from florence_vl.train.read import READ_VARIANTS, _auc, yes_no_auc
+
+    assert _auc(torch.tensor([3.0, 2.0, 1.0, 0.0]), torch.tensor([True, True, False, False])) == 1.0
+    assert _auc(torch.tensor([1.0, 2.0, 0.0, 3.0]), torch.tensor([True, True, False, False])) == 0.5
+    assert _auc(torch.tensor([1.0, 1.0]), torch.tensor([True, False])) == 0.5                # a tie counts half
+    # shifting every margin (a prior that says "no" more often) leaves the AUC as it is
+    margins, labels = torch.randn(50), torch.rand(50) > 0.5
+    assert _auc(margins - 10, labels) == _auc(margins, labels)
+
+    model, tok, processor = _tiny(world, tiny_florence2_dir)
+    batches = _batches(model, tok, processor, world, batch_size=4, types=("exist", "color"))
+    auc = yes_no_auc(model, batches, "exist", count=12, batch_size=5)
+    assert set(auc) == set(READ_VARIANTS) and all(0.0 <= a <= 1.0 for a in auc.values())
+    assert auc == yes_no_auc(model, batches, "exist", count=12, batch_size=3)             # chunking changes nothing
+    with pytest.raises(InputError, match="yes/no"):
+        yes_no_auc(model, batches, "color")

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from ..errors import InputError
-from ..vl.model import pad_rows
+from ..vl.model import IGNORE_INDEX, pad_rows
 from .align import cell_objects, grid_side, name_token_ids, object_name, scenes_with_objects
 from .vl import exact_answers
 
@@ -207,3 +207,46 @@ def read_accuracy(model, batches: ReadBatches, per_type: int = 100, batch_size: 
         scores[kind] = {variant: hits[variant] / len(drawn) for variant in READ_VARIANTS}
     model.train(was_training)
     return scores
+
+
+def _auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
+    """The probability that a random positive scores above a random negative (ties count half)."""
+    pos, neg = scores[positive], scores[~positive]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    above = (pos.unsqueeze(1) > neg.unsqueeze(0)).float() + 0.5 * (pos.unsqueeze(1) == neg.unsqueeze(0)).float()
+    return float(above.mean())
+
+
+@torch.no_grad()
+def yes_no_auc(model, batches: ReadBatches, kind: str, count: int = 200, batch_size: int = 50,
+               seed: int = 0) -> dict[str, float]:
+    """How well a yes/no type's answers are read, whatever the model's prior: the AUC of logit("yes") -
+    logit("no") at the answer's first token over `count` questions (half "yes"), per READ_VARIANTS. 0.5 is no
+    reading at all; exact match alone hides a reading under a prior that says "no" (or "yes") to everything."""
+    by_answer = batches.questions[kind]
+    if set(by_answer) != {"yes", "no"}:
+        raise InputError(f"{kind} is not a yes/no type (answers {sorted(by_answer)[:5]})")
+    rng = random.Random(seed)
+    drawn = [q for answer in ("yes", "no") for q in rng.sample(by_answer[answer], min(count // 2,
+                                                                                   len(by_answer[answer])))]
+    rng.shuffle(drawn)
+    probe = batches.batch([by_answer["yes"][0], by_answer["no"][0]], [1.0, 1.0])["labels"]
+    yes, no = (int(row[row != IGNORE_INDEX][0]) for row in probe)      # each answer's first token
+    was_training = model.training
+    model.eval()
+    margins = {variant: [] for variant in READ_VARIANTS}
+    for start in range(0, len(drawn), batch_size):
+        chunk = drawn[start:start + batch_size]
+        batch = batches.batch(chunk, [0.0] * len(chunk))
+        real = model.image_features(batch["pixel_values"]).float()
+        shown = {"real tokens": (batch, real), "word grid": ({**batch, "alpha": torch.ones(len(chunk))}, real),
+                 "other images": (batch, real.roll(1, dims=0))}
+        for variant in READ_VARIANTS:
+            output, labels = _read_output(model, *shown[variant])
+            where = (labels[:, 1:] != IGNORE_INDEX).int().argmax(dim=1)   # the position predicting the answer
+            logits = output.logits[:, :-1][torch.arange(len(chunk)), where].float()
+            margins[variant].append(logits[:, yes] - logits[:, no])
+    model.train(was_training)
+    positive = torch.tensor([answer == "yes" for _, _, answer in drawn])
+    return {variant: _auc(torch.cat(margins[variant]), positive) for variant in READ_VARIANTS}
