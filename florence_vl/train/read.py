@@ -179,14 +179,26 @@ def read_loss(model, batch: dict) -> torch.Tensor:
 READ_VARIANTS = ("real tokens", "word grid", "other images")
 
 
+def _answered_three_ways(model, batches: ReadBatches, drawn: list, batch_size: int):
+    """For each chunk of `drawn` questions and each of READ_VARIANTS: (rows, variant, LLM output, spliced labels).
+    Florence-2 runs once per chunk: the other images' tokens are the chunk's own, rolled by one."""
+    for start in range(0, len(drawn), batch_size):
+        chunk = drawn[start:start + batch_size]
+        batch = batches.batch(chunk, [0.0] * len(chunk))
+        real = model.image_features(batch["pixel_values"]).float()
+        shown = {"real tokens": (batch, real), "word grid": ({**batch, "alpha": torch.ones(len(chunk))}, real),
+                 "other images": (batch, real.roll(1, dims=0))}
+        for variant in READ_VARIANTS:
+            yield (len(chunk), variant, *_read_output(model, *shown[variant]))
+
+
 @torch.no_grad()
 def read_accuracy(model, batches: ReadBatches, per_type: int = 100, batch_size: int = 50,
                   seed: int = 0) -> dict[str, dict[str, float]]:
     """Per question type, exact match of the answer tokens, teacher-forced (every answer token the argmax), on
     `per_type` questions drawn as they come (not balanced) and answered three ways: from the real image tokens,
     from the word grid, and from the real tokens of the next question's image (what the question alone gives,
-    near enough). A model that reads the image scores the first well above the third. Florence-2 runs once per
-    chunk: the other images' tokens are the chunk's own, rolled by one."""
+    near enough). A model that reads the image scores the first well above the third."""
     rng = random.Random(seed)
     scores: dict[str, dict[str, float]] = {}
     was_training = model.training
@@ -195,15 +207,8 @@ def read_accuracy(model, batches: ReadBatches, per_type: int = 100, batch_size: 
         pool = batches.every[kind]
         drawn = rng.sample(pool, min(per_type, len(pool)))
         hits = dict.fromkeys(READ_VARIANTS, 0)
-        for start in range(0, len(drawn), batch_size):
-            chunk = drawn[start:start + batch_size]
-            batch = batches.batch(chunk, [0.0] * len(chunk))
-            real = model.image_features(batch["pixel_values"]).float()
-            shown = {"real tokens": (batch, real), "word grid": ({**batch, "alpha": torch.ones(len(chunk))}, real),
-                     "other images": (batch, real.roll(1, dims=0))}
-            for variant in READ_VARIANTS:
-                output, labels = _read_output(model, *shown[variant])
-                hits[variant] += int(exact_answers(output.logits, labels).sum())
+        for _, variant, output, labels in _answered_three_ways(model, batches, drawn, batch_size):
+            hits[variant] += int(exact_answers(output.logits, labels).sum())
         scores[kind] = {variant: hits[variant] / len(drawn) for variant in READ_VARIANTS}
     model.train(was_training)
     return scores
@@ -236,17 +241,10 @@ def yes_no_auc(model, batches: ReadBatches, kind: str, count: int = 200, batch_s
     was_training = model.training
     model.eval()
     margins = {variant: [] for variant in READ_VARIANTS}
-    for start in range(0, len(drawn), batch_size):
-        chunk = drawn[start:start + batch_size]
-        batch = batches.batch(chunk, [0.0] * len(chunk))
-        real = model.image_features(batch["pixel_values"]).float()
-        shown = {"real tokens": (batch, real), "word grid": ({**batch, "alpha": torch.ones(len(chunk))}, real),
-                 "other images": (batch, real.roll(1, dims=0))}
-        for variant in READ_VARIANTS:
-            output, labels = _read_output(model, *shown[variant])
-            where = (labels[:, 1:] != IGNORE_INDEX).int().argmax(dim=1)   # the position predicting the answer
-            logits = output.logits[:, :-1][torch.arange(len(chunk)), where].float()
-            margins[variant].append(logits[:, yes] - logits[:, no])
+    for rows, variant, output, labels in _answered_three_ways(model, batches, drawn, batch_size):
+        where = (labels[:, 1:] != IGNORE_INDEX).int().argmax(dim=1)   # the position predicting the answer
+        logits = output.logits[:, :-1][torch.arange(rows), where].float()
+        margins[variant].append(logits[:, yes] - logits[:, no])
     model.train(was_training)
     positive = torch.tensor([answer == "yes" for _, _, answer in drawn])
     return {variant: _auc(torch.cat(margins[variant]), positive) for variant in READ_VARIANTS}
