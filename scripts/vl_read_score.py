@@ -41,7 +41,7 @@ def main() -> None:
         print(f"{kind:<18}" + "".join(f"{by_variant[v]:>14.2f}" for v in READ_VARIANTS))
     if args.auc:
         for kind in batches.types:
-            if set(batches.questions[kind]) == {"yes", "no"}:
+            if batches.is_yes_no(kind):
                 auc = yes_no_auc(model, batches, kind, count=2 * args.per_type)
                 scores[f"{kind} AUC"] = auc
                 print(f"{kind + ' AUC':<18}" + "".join(f"{auc[v]:>14.2f}" for v in READ_VARIANTS))

@@ -33,6 +33,11 @@ def _article(phrase: str) -> str:
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
+def exist_question(color: str, shape: str) -> str:
+    """The world's existence question about a colour-shape pair (POPE's form)."""
+    return f"Is there {_article(f'{color} {shape}')} in the image?"
+
+
 def _join(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
@@ -275,7 +280,7 @@ def _object_questions(rng, record: dict) -> list[dict]:
     by_question: dict[str, dict] = {}
 
     def exist(pair, answer, setting):
-        q = f"Is there {_article(f'{pair[0]} {pair[1]}')} in the image?"
+        q = exist_question(*pair)
         item = by_question.setdefault(q, _qa(q, answer, "exist", pope=[]))
         if setting not in item["pope"]:
             item["pope"].append(setting)
@@ -345,7 +350,7 @@ def _text_questions(rng, record: dict) -> list[dict]:
         qa.append(_multiple_choice(rng, f"What does {ref} say?", t["text"], pool, "read"))
     if not record["objects"]:
         pair = rng.choice(_pair_universe(record["split"]))
-        qa.append(_qa(f"Is there {_article(f'{pair[0]} {pair[1]}')} in the image?", "no", "exist", pope=[]))
+        qa.append(_qa(exist_question(*pair), "no", "exist", pope=[]))
     return qa
 
 
@@ -375,7 +380,7 @@ def _chart_questions(rng, record: dict) -> list[dict]:
     b = rng.choice(bars)
     qa.append(_qa(f"What color is the {b['label']} bar?", b["color"], "color"))
     pair = rng.choice(_pair_universe(record["split"]))
-    qa.append(_qa(f"Is there {_article(f'{pair[0]} {pair[1]}')} in the image?", "no", "exist", pope=[]))
+    qa.append(_qa(exist_question(*pair), "no", "exist", pope=[]))
     return qa
 
 

@@ -37,14 +37,12 @@ def conjunction_questions(record: dict) -> dict[str, list[str]]:
     object, "no" for each pair whose colour is on one object and whose shape is on another but which no object
     has (a scene with a red circle and a blue triangle: "Is there a red triangle in the image?" -> "no"). The
     world's own "no" questions mostly name a colour or shape that is not there at all, which one word settles."""
-    from ..data.grammar import _article
+    from ..data.grammar import exist_question
 
-    objects = record.get("objects", [])
-    present = {(o["color"], o["class"]) for o in objects}
+    present = {(o["color"], o["class"]) for o in record.get("objects", [])}
     colours, shapes = sorted({c for c, _ in present}), sorted({s for _, s in present})
-    ask = lambda pair: f"Is there {_article(f'{pair[0]} {pair[1]}')} in the image?"  # noqa: E731
     absent = [(c, s) for c in colours for s in shapes if (c, s) not in present]
-    return {"yes": [ask(p) for p in sorted(present)], "no": [ask(p) for p in absent]}
+    return {"yes": [exist_question(*p) for p in sorted(present)], "no": [exist_question(*p) for p in absent]}
 
 
 class ReadBatches:
@@ -93,6 +91,10 @@ class ReadBatches:
         if name not in self.names:
             self.names[name] = name_token_ids(self.tokenizer, name)
         return self.names[name]
+
+    def is_yes_no(self, kind: str) -> bool:
+        """Whether `kind`'s questions are answered "yes" or "no" (both occur)."""
+        return set(self.questions[kind]) == {"yes", "no"}
 
     def owners(self, index: int) -> list[int]:
         if index not in self._owners:
@@ -230,7 +232,7 @@ def yes_no_auc(model, batches: ReadBatches, kind: str, count: int = 200, batch_s
     logit("no") at the answer's first token over `count` questions (half "yes"), per READ_VARIANTS. 0.5 is no
     reading at all; exact match alone hides a reading under a prior that says "no" (or "yes") to everything."""
     by_answer = batches.questions[kind]
-    if set(by_answer) != {"yes", "no"}:
+    if not batches.is_yes_no(kind):
         raise InputError(f"{kind} is not a yes/no type (answers {sorted(by_answer)[:5]})")
     rng = random.Random(seed)
     drawn = [q for answer in ("yes", "no") for q in rng.sample(by_answer[answer], min(count // 2,

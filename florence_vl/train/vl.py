@@ -430,14 +430,17 @@ def run(recipe: VLRecipe, *, progress: bool = True, stages: tuple[str, ...] = ST
     out = Path(recipe.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     read_dir = out / "read" / "model"
+
+    def read_stage(start: Path, template: str | None) -> None:
+        _next_stage(start, read_dir, recipe.read, "the read stage", template,
+                    lambda model, processor, tok: run_read(model, processor, tok, recipe.read, out / "read",
+                                                           progress))
+
     if recipe.read_from:
         if recipe.read.loop.steps <= 0:
             raise InputError("read_from continues a model with the read stage, and read.loop.steps is 0")
         if not (read_dir / "florence_vl.json").exists():
-            _next_stage(Path(resolve_model(recipe.read_from, "florence_vl")), read_dir, recipe.read,
-                        "the read stage", None,
-                        lambda model, processor, tok: run_read(model, processor, tok, recipe.read, out / "read",
-                                                               progress))
+            read_stage(Path(resolve_model(recipe.read_from, "florence_vl")), None)
         return read_dir
     text_folder = recipe.text_data or (Path(recipe.stage1.data).parent if recipe.stage1.data else None)
     tokenizer_dir = out / "tokenizer"
@@ -501,9 +504,7 @@ def run(recipe: VLRecipe, *, progress: bool = True, stages: tuple[str, ...] = ST
                                                              stage_lookup(recipe, "stage2", tok, text_folder)))
     before_read = final if recipe.stage2.loop.steps > 0 else start
     if "read" in stages and recipe.read.loop.steps > 0 and not (read_dir / "florence_vl.json").exists():
-        _next_stage(before_read, read_dir, recipe.read, "the read stage", recipe.stage2_template,
-                    lambda model, processor, tok: run_read(model, processor, tok, recipe.read, out / "read",
-                                                           progress))
+        read_stage(before_read, recipe.stage2_template)
     for done in (read_dir, final):
         if (done / "florence_vl.json").exists():
             return done
