@@ -137,9 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="processes drawing scenes (default: one per CPU core); the files do not depend on it")
 
     train = sub.add_parser("train", help="train a model from a YAML recipe (resumes from its last checkpoint)")
-    train.add_argument("stage", choices=["unicl", "florence2", "crops", "vl"],
+    train.add_argument("stage", choices=["unicl", "florence2", "crops", "glyphs", "vl"],
                        help="unicl: UniCL-nano (Florence); florence2: Florence-2-nano (DaViT from UniCL-nano); "
                        "crops: a Florence-2 checkpoint's DaViT on labelled object crops (shape and colour); "
+                       "glyphs: a Florence-2 checkpoint's DaViT on the characters of text lines (CTC); "
                        "vl: Florence-VL-nano (nano LLM, stage 1, stage 2)")
     train.add_argument("config", help="YAML recipe, e.g. configs/unicl-nano.yaml or configs/florence2-nano.yaml")
     train.add_argument("--out", help="output directory (overrides out_dir of the recipe)")
@@ -339,6 +340,8 @@ def cmd_train(args) -> int:
         from .florence.train import UniCLRecipe as Recipe, run
     elif args.stage == "crops":
         from .train.object_crops import ObjectCropRecipe as Recipe, run
+    elif args.stage == "glyphs":
+        from .train.text_glyphs import GlyphRecipe as Recipe, run
     else:
         from .train.florence2 import Florence2Recipe as Recipe, run
     from .train.recipe_file import read_recipe

@@ -10,6 +10,7 @@ from florence_vl.florence.train import UniCLRecipe
 from florence_vl.train.florence2 import Florence2Recipe
 from florence_vl.train.object_crops import ObjectCropRecipe
 from florence_vl.train.recipe_file import read_recipe
+from florence_vl.train.text_glyphs import GlyphRecipe
 from florence_vl.train.vl import VLRecipe
 
 CONFIGS = sorted(Path(__file__).resolve().parents[1].joinpath("configs").glob("*.yaml"))
@@ -20,6 +21,8 @@ def _recipe_class(name: str):
         return UniCLRecipe
     if name.startswith("florence-vl"):
         return VLRecipe
+    if name.startswith("florence2-nano-glyphs"):
+        return GlyphRecipe
     return ObjectCropRecipe if name == "florence2-nano-crops.yaml" else Florence2Recipe
 
 

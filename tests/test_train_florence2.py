@@ -181,6 +181,28 @@ def test_init_from_continues_a_checkpoint_with_its_tokenizer(tmp_path):
     assert changed and all((before[k] - after[k]).abs().max() < 0.05 for k in before)
 
 
+def test_image_size_overrides_the_geometry_side_and_the_saved_model_reads_at_it(tmp_path):
+    """image_size (the 384 px experiment of docs/nano.md): a stage trains and saves at another side than its
+    geometry's; the saved processor resizes to it and the model's image tokens follow (tiny: 64 px -> 2x2 + 1,
+    128 px -> 4x4 + 1), and the saved model runs a task at that side."""
+    from PIL import Image
+
+    from florence_vl.florence2.checkpoint import load_florence2, make_tiny_checkpoint
+    from florence_vl.florence2.runner import Florence2
+    from florence_vl.train.florence2 import run
+
+    start = make_tiny_checkpoint(tmp_path / "start", seed=3)
+    recipe = Florence2Recipe(out_dir=str(tmp_path / "wide"), geometry="tiny", init_from=str(start), image_size=128,
+                             images_per_step=1, tasks_per_image=1, max_target_tokens=32,
+                             loop=LoopConfig(steps=2, lr=1e-3, warmup_steps=1, save_every=2, precision="no"))
+    bundle = load_florence2(run(recipe, progress=False), dtype=torch.float32)
+    assert bundle.image_size == 128 and bundle.num_image_tokens == 17
+    assert load_florence2(start, dtype=torch.float32).num_image_tokens == 5
+    florence = Florence2(bundle.model, bundle.tokenizer, bundle.image_processor)
+    [result] = florence.run([Image.new("RGB", (90, 70), "white")], "<OD>", max_new_tokens=8, num_beams=1)
+    assert florence.num_image_tokens == 17 and isinstance(result.output["bboxes"], list)
+
+
 def test_tower_labels_train_the_tower_beside_the_tasks_and_leave_no_head_in_the_checkpoint(tmp_path):
     """tower_labels (configs/florence2-nano-names.yaml): each step adds the labelled-object loss of
     object_crops.py through the same DaViT; the label head trains with it and is not saved."""
@@ -188,7 +210,7 @@ def test_tower_labels_train_the_tower_beside_the_tasks_and_leave_no_head_in_the_
 
     from florence_vl.florence2.checkpoint import load_florence2, make_tiny_checkpoint
     from florence_vl.florence2.geometry import preset
-    from florence_vl.train.florence2 import TOWER_LABEL_HEAD, WithTowerLabels, make_loss, run
+    from florence_vl.train.florence2 import TOWER_LABEL_HEAD, WithTowerLosses, make_loss, run
 
     start = make_tiny_checkpoint(tmp_path / "start", seed=3)
     labels = {"weight": 0.5, "source": "scenes", "scenes_per_step": 2}
@@ -199,7 +221,7 @@ def test_tower_labels_train_the_tower_beside_the_tasks_and_leave_no_head_in_the_
     model, size = bundle.model, preset("tiny")["image_size"]
     plain = make_loss(recipe, bundle.tokenizer)
     batches = WorldBatches(recipe, bundle.tokenizer, size, model.config.vision_config)
-    both = WithTowerLabels(recipe, batches, plain, model.config.vision_config, size)
+    both = WithTowerLosses(recipe, batches, plain, model.config.vision_config, size)
     batch = both(0)
     assert batch["tower_labels"]["pixel_values"].shape[0] == 2 and len(batch["tower_labels"]["shapes"]) >= 2
     setattr(model, TOWER_LABEL_HEAD, torch.nn.Linear(model.config.vision_config.embed_dim[-1], 16))
@@ -210,3 +232,38 @@ def test_tower_labels_train_the_tower_beside_the_tasks_and_leave_no_head_in_the_
     before, after = load_file(str(start / "model.safetensors")), load_file(str(path / "model.safetensors"))
     assert before.keys() == after.keys()  # no label head in the checkpoint
     assert any(not torch.equal(before[k], after[k]) for k in before if "vision_tower" in k)
+
+
+def test_tower_glyphs_add_the_ctc_loss_of_text_lines_and_leave_no_head_in_the_checkpoint(tmp_path):
+    """tower_glyphs: each step adds text_glyphs.py's per-character CTC loss through the same DaViT, from its own
+    text scenes; the glyph head trains with it and is not saved. A mistyped field is an error, not ignored."""
+    from safetensors.torch import load_file
+
+    from florence_vl.florence2.checkpoint import load_florence2, make_tiny_checkpoint
+    from florence_vl.florence2.geometry import preset
+    from florence_vl.train.florence2 import TOWER_GLYPH_HEAD, WithTowerLosses, make_loss, run
+    from florence_vl.train.text_glyphs import glyph_head
+
+    start = make_tiny_checkpoint(tmp_path / "start", seed=3)
+    recipe = Florence2Recipe(out_dir=str(tmp_path / "glyphs"), geometry="tiny", init_from=str(start),
+                             images_per_step=1, tasks_per_image=1, max_target_tokens=32,
+                             tower_glyphs={"weight": 0.5, "scenes_per_step": 2},
+                             loop=LoopConfig(steps=2, lr=1e-3, warmup_steps=1, save_every=2, precision="no"))
+    bundle = load_florence2(start, dtype=torch.float32)
+    model, size = bundle.model, preset("tiny")["image_size"]
+    plain = make_loss(recipe, bundle.tokenizer)
+    both = WithTowerLosses(recipe, WorldBatches(recipe, bundle.tokenizer, size, model.config.vision_config), plain,
+                           model.config.vision_config, size)
+    batch = both(0)
+    assert "tower_labels" not in batch and batch["tower_glyphs"]["pixel_values"].shape[0] == 2
+    assert both.glyphs.first_scene == recipe.first_scene + 700_000  # scenes of their own
+    setattr(model, TOWER_GLYPH_HEAD, glyph_head(model.config.vision_config.embed_dim[-1]))
+    with torch.no_grad():
+        assert both.loss(model, batch).item() > plain(model, batch).item() + 1.0  # 0.5 x CTC of a fresh head
+
+    path = run(recipe, progress=False)
+    before, after = load_file(str(start / "model.safetensors")), load_file(str(path / "model.safetensors"))
+    assert before.keys() == after.keys()  # no glyph head in the checkpoint
+    assert any(not torch.equal(before[k], after[k]) for k in before if "vision_tower" in k)
+    with pytest.raises(ValueError, match="scenes_per_step"):
+        Florence2Recipe.from_dict({"out_dir": "x", "loop": {"steps": 1}, "tower_glyphs": {"scenes_per_stp": 4}})

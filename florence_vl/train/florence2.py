@@ -43,6 +43,9 @@ DEFAULT_TASK_WEIGHTS = {
 class Florence2Recipe:
     out_dir: str
     geometry: str = "nano"
+    # The square side images are resized to; None: the geometry's (256 for nano). A larger side gives the last
+    # DaViT stage a finer grid (384 px: 12x12 instead of 8x8), which reading text needs (docs/nano.md).
+    image_size: int | None = None
     tokenizer_vocab: int = 1500
     tokenizer_scenes: int = 2000
     images_per_step: int = 8
@@ -64,6 +67,10 @@ class Florence2Recipe:
     # ObjectCropRecipe (source, scenes_per_step, crops_per_step, ...) plus "weight" on that loss, through a label
     # head that is not saved; so that a tower taught shapes keeps them while the decoder learns to name them.
     tower_labels: dict = field(default_factory=dict)
+    # Non-empty: every step also trains the tower to keep the glyphs of text lines (text_glyphs.py: per-character
+    # CTC from the last-stage tokens), with "weight" (default 1), "scenes_per_step" (8) and "first_scene" (this
+    # recipe's + 700,000), through a glyph head that is not saved; so that the tokens the decoder reads carry text.
+    tower_glyphs: dict = field(default_factory=dict)
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=2000))
 
     def task_weights_at(self, step: int) -> dict:
@@ -83,6 +90,9 @@ class Florence2Recipe:
     def from_dict(cls, data: dict) -> "Florence2Recipe":
         data = dict(data)
         loop = LoopConfig(**data.pop("loop", {}))
+        unknown = sorted(set(data.get("tower_glyphs") or {}) - {"weight", "scenes_per_step", "first_scene"})
+        if unknown:
+            raise ValueError(f"tower_glyphs: unknown field(s) {unknown}; known: weight, scenes_per_step, first_scene")
         return cls(loop=loop, **data)
 
     def to_dict(self) -> dict:
@@ -211,34 +221,75 @@ class Florence2Loss:
 
 florence2_loss = Florence2Loss()
 
-TOWER_LABEL_HEAD = "tower_label_head"  # the throw-away label head's attribute on the model while it trains
+# The throw-away heads' attributes on the model while they train (not part of Florence-2, not saved)
+TOWER_LABEL_HEAD = "tower_label_head"
+TOWER_GLYPH_HEAD = "tower_glyph_head"
 
 
-class WithTowerLabels:
-    """batches(step) and loss: a Florence-2 step plus a labelled-object step through the same vision tower."""
+class WithTowerLosses:
+    """batches(step) and loss: a Florence-2 step plus the tower's own losses through the same DaViT: labelled
+    objects (recipe.tower_labels, object_crops.py) and text lines' glyphs (recipe.tower_glyphs, text_glyphs.py)."""
 
     def __init__(self, recipe: "Florence2Recipe", batches, loss_fn, vision_config, image_size: int):
         from .object_crops import CropBatches, ObjectCropRecipe
+        from .text_glyphs import GlyphBatches
 
-        options = dict(recipe.tower_labels)
-        self.weight = float(options.pop("weight", 1.0))
-        options.setdefault("scene_size", image_size)
-        options.setdefault("first_scene", recipe.first_scene + 500_000)
-        crops = ObjectCropRecipe.from_dict({"out_dir": recipe.out_dir, **options})
-        self.colour_weight = crops.colour_weight
-        self.labels = CropBatches(crops, feature_side=feature_map_side(vision_config, crops.scene_size))
         self.batches, self.loss_fn = batches, loss_fn
+        self.labels = self.glyphs = None
+        if recipe.tower_labels:
+            options = dict(recipe.tower_labels)
+            self.label_weight = float(options.pop("weight", 1.0))
+            options.setdefault("scene_size", image_size)
+            options.setdefault("first_scene", recipe.first_scene + 500_000)
+            crops = ObjectCropRecipe.from_dict({"out_dir": recipe.out_dir, **options})
+            self.colour_weight = crops.colour_weight
+            self.labels = CropBatches(crops, feature_side=feature_map_side(vision_config, crops.scene_size))
+        if recipe.tower_glyphs:
+            options = recipe.tower_glyphs
+            self.glyph_weight = float(options.get("weight", 1.0))
+            self.glyphs = GlyphBatches(int(options.get("first_scene", recipe.first_scene + 700_000)),
+                                       int(options.get("scenes_per_step", 8)), image_size)
+
+    def add_heads(self, model, seed: int) -> None:
+        from .object_crops import label_head
+        from .text_glyphs import glyph_head
+
+        width = model.config.vision_config.embed_dim[-1]
+        torch.manual_seed(seed)
+        if self.labels is not None:
+            setattr(model, TOWER_LABEL_HEAD, label_head(width))
+        if self.glyphs is not None:
+            setattr(model, TOWER_GLYPH_HEAD, glyph_head(width))
+
+    @staticmethod
+    def remove_heads(model) -> None:
+        for name in (TOWER_LABEL_HEAD, TOWER_GLYPH_HEAD):
+            if hasattr(model, name):
+                delattr(model, name)
 
     def __call__(self, step: int) -> dict:
-        return dict(self.batches(step), tower_labels=self.labels(step))
+        batch = dict(self.batches(step))
+        if self.labels is not None:
+            batch["tower_labels"] = self.labels(step)
+        if self.glyphs is not None:
+            batch["tower_glyphs"] = self.glyphs(step)
+        return batch
 
     def loss(self, model, batch: dict) -> torch.Tensor:
         from .object_crops import label_logits, label_loss
+        from .text_glyphs import glyph_logits, glyph_loss
 
-        labels = batch["tower_labels"]
-        logits = label_logits(model.model.vision_tower, getattr(model, TOWER_LABEL_HEAD), labels["pixel_values"],
-                              labels.get("pool"))
-        return self.loss_fn(model, batch) + self.weight * label_loss(*logits, labels, self.colour_weight)
+        loss = self.loss_fn(model, batch)
+        tower = model.model.vision_tower
+        if self.labels is not None:
+            labels = batch["tower_labels"]
+            logits = label_logits(tower, getattr(model, TOWER_LABEL_HEAD), labels["pixel_values"], labels.get("pool"))
+            loss = loss + self.label_weight * label_loss(*logits, labels, self.colour_weight)
+        if self.glyphs is not None:
+            glyphs = batch["tower_glyphs"]
+            loss = loss + self.glyph_weight * glyph_loss(glyph_logits(tower, getattr(model, TOWER_GLYPH_HEAD), glyphs),
+                                                         glyphs)
+        return loss
 
 
 def image_reliance(model, batch: dict, loss_fn=florence2_loss) -> dict:
@@ -286,7 +337,7 @@ def run(recipe: Florence2Recipe, *, progress: bool = True) -> Path:
     model = initial.model.train() if initial is not None else build_model(recipe, tokenizer)
     from ..florence2.geometry import preset
 
-    image_size = preset(recipe.geometry)["image_size"]
+    image_size = recipe.image_size or preset(recipe.geometry)["image_size"]
     batches = WorldBatches(recipe, tokenizer, image_size, model.config.vision_config)
     loss_fn = make_loss(recipe, tokenizer)
     on_checkpoint = None
@@ -301,16 +352,12 @@ def run(recipe: Florence2Recipe, *, progress: bool = True) -> Path:
             tqdm.write(f"step {step}: held-out loss {record['probe_loss']:.3f}, with swapped images "
                        f"{record['probe_loss_swapped_images']:.3f} (image reliance {record['image_reliance']:+.3f})")
     train_batches, train_loss = batches, loss_fn
-    if recipe.tower_labels:
-        from .object_crops import label_head
-
-        with_labels = WithTowerLabels(recipe, batches, loss_fn, model.config.vision_config, image_size)
-        torch.manual_seed(recipe.loop.seed)
-        setattr(model, TOWER_LABEL_HEAD, label_head(model.config.vision_config.embed_dim[-1]))
-        train_batches, train_loss = with_labels, with_labels.loss
+    if recipe.tower_labels or recipe.tower_glyphs:
+        with_tower = WithTowerLosses(recipe, batches, loss_fn, model.config.vision_config, image_size)
+        with_tower.add_heads(model, recipe.loop.seed)
+        train_batches, train_loss = with_tower, with_tower.loss
     train(model, train_batches, train_loss, recipe.loop, out, progress=progress, on_checkpoint=on_checkpoint)
-    if hasattr(model, TOWER_LABEL_HEAD):
-        delattr(model, TOWER_LABEL_HEAD)  # a training aid, not part of Florence-2
+    WithTowerLosses.remove_heads(model)  # training aids, not part of Florence-2
     model.eval()
     bundle = Florence2Bundle(model=model, tokenizer=tokenizer, image_processor=image_processor(image_size),
                              layout="native", source=str(out))
