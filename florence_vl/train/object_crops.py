@@ -19,7 +19,6 @@ whole checkpoint back with the new tower, for the next Florence-2 stage to adapt
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,9 +28,9 @@ import torch.nn.functional as F
 
 from ..data.vocabulary import COLORS, SHAPES
 from ..data.world import generate_scene
-from ..florence2.checkpoint import load_florence2, save_florence2
 from ..florence2.geometry import feature_map_side, image_processor
-from .loop import LoopConfig, train
+from .loop import LoopConfig
+from .tower_stage import run_tower_stage, tower_loop, with_loop
 
 COLOR_NAMES = list(COLORS)
 
@@ -49,14 +48,11 @@ class ObjectCropRecipe:
     scenes_per_step: int = 16        # with source "scenes": whole scenes per step (~3 objects each)
     scene_size: int = 256            # with source "scenes": the input size scenes are resized to
     first_scene: int = 0
-    loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=1000, lr=5e-4, warmup_steps=30,
-                                                                precision="no", save_every=250))
+    loop: LoopConfig = field(default_factory=tower_loop)
 
     @classmethod
     def from_dict(cls, data: dict) -> "ObjectCropRecipe":
-        data = dict(data)
-        if "loop" in data:
-            data["loop"] = LoopConfig(**data["loop"])
+        data = with_loop(data)
         if "margin" in data:
             data["margin"] = tuple(data["margin"])
         recipe = cls(**data)
@@ -196,27 +192,12 @@ def crop_accuracy(model: TowerWithLabelHead, batch: dict) -> dict:
 
 def run(recipe: ObjectCropRecipe, *, progress: bool = True) -> Path:
     """Train the DaViT of `init_from` on object crops; writes the whole Florence-2 checkpoint to out_dir/model."""
-    from tqdm.auto import tqdm
+    def prepare(bundle):
+        model = TowerWithLabelHead(bundle.model.model.vision_tower, bundle.model.config.vision_config.embed_dim[-1])
+        side = feature_map_side(bundle.model.config.vision_config, recipe.scene_size)
+        held_out = CropBatches(replace(recipe, crops_per_step=600, scenes_per_step=200), "val", side)(0)
+        return model, CropBatches(recipe, feature_side=side), held_out
 
-    from ..models import resolve_model
-
-    out = Path(recipe.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    bundle = load_florence2(resolve_model(recipe.init_from, "florence2"), dtype=torch.float32)
-    torch.manual_seed(recipe.loop.seed)
-    model = TowerWithLabelHead(bundle.model.model.vision_tower, bundle.model.config.vision_config.embed_dim[-1])
-    model.train()
-    side = feature_map_side(bundle.model.config.vision_config, recipe.scene_size)
-    held_out = CropBatches(replace(recipe, crops_per_step=600, scenes_per_step=200), "val", side)(0)
-
-    def on_checkpoint(step: int, trained) -> None:
-        record = {"step": step, **crop_accuracy(trained, held_out)}
-        with (out / "log.jsonl").open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        tqdm.write(f"step {step}: held-out {recipe.source} shape accuracy {record['shape_accuracy']:.3f}, "
-                   f"colour {record['colour_accuracy']:.3f}")
-
-    train(model, CropBatches(recipe, feature_side=side), CropLoss(recipe.colour_weight), recipe.loop, out, progress=progress,
-          on_checkpoint=on_checkpoint)
-    bundle.model.eval()
-    return save_florence2(bundle, out / "model", layout="native")
+    return run_tower_stage(recipe, prepare, CropLoss(recipe.colour_weight), crop_accuracy,
+                           lambda r: f"held-out {recipe.source} shape accuracy {r['shape_accuracy']:.3f}, "
+                                     f"colour {r['colour_accuracy']:.3f}", progress=progress)

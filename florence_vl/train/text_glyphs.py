@@ -17,7 +17,6 @@ beside a Florence-2 stage (`tower_glyphs` in the recipe).
 
 from __future__ import annotations
 
-import json
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from ..data.world import generate_scene
-from ..florence2.checkpoint import load_florence2, save_florence2
 from ..florence2.geometry import image_processor
-from .loop import LoopConfig, train
+from .loop import LoopConfig
+from .tower_stage import run_tower_stage, tower_loop, with_loop
 
 GLYPHS = " " + string.ascii_lowercase + string.digits   # CTC classes 1..37; 0 is the blank
 UPSAMPLE = 4                                             # sub-positions per token side in the logit map
@@ -159,39 +158,21 @@ class GlyphRecipe:
     image_size: int = 256
     first_scene: int = 0
     held_out_scenes: int = 100
-    loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=1000, lr=5e-4, warmup_steps=30,
-                                                                precision="no", save_every=250))
+    loop: LoopConfig = field(default_factory=tower_loop)
 
     @classmethod
     def from_dict(cls, data: dict) -> "GlyphRecipe":
-        data = dict(data)
-        if "loop" in data:
-            data["loop"] = LoopConfig(**data["loop"])
-        return cls(**data)
+        return cls(**with_loop(data))
 
 
 def run(recipe: GlyphRecipe, *, progress: bool = True) -> Path:
     """Train the DaViT of `init_from` to keep the glyphs of text lines; writes the whole Florence-2 checkpoint
     (with the new tower) to out_dir/model."""
-    from tqdm.auto import tqdm
+    def prepare(bundle):
+        model = TowerWithGlyphHead(bundle.model.model.vision_tower, bundle.model.config.vision_config.embed_dim[-1])
+        batches = GlyphBatches(recipe.first_scene, recipe.scenes_per_step, recipe.image_size)
+        return model, batches, batches.batch(text_scenes(0, "val", recipe.held_out_scenes))
 
-    from ..models import resolve_model
-
-    out = Path(recipe.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    bundle = load_florence2(resolve_model(recipe.init_from, "florence2"), dtype=torch.float32)
-    torch.manual_seed(recipe.loop.seed)
-    model = TowerWithGlyphHead(bundle.model.model.vision_tower, bundle.model.config.vision_config.embed_dim[-1])
-    model.train()
-    batches = GlyphBatches(recipe.first_scene, recipe.scenes_per_step, recipe.image_size)
-    held_out = batches.batch(text_scenes(0, "val", recipe.held_out_scenes))
-
-    def on_checkpoint(step: int, trained) -> None:
-        record = {"step": step, **glyph_accuracy(trained, held_out)}
-        with (out / "log.jsonl").open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        tqdm.write(f"step {step}: held-out lines read exactly {record['line_exact']:.3f}, CER {record['cer']:.3f}")
-
-    train(model, batches, glyph_batch_loss, recipe.loop, out, progress=progress, on_checkpoint=on_checkpoint)
-    bundle.model.eval()
-    return save_florence2(bundle, out / "model", layout="native")
+    return run_tower_stage(recipe, prepare, glyph_batch_loss, glyph_accuracy,
+                           lambda r: f"held-out lines read exactly {r['line_exact']:.3f}, CER {r['cer']:.3f}",
+                           progress=progress)
