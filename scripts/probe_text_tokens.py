@@ -17,6 +17,7 @@ import sys
 import torch
 
 from florence_vl.data.world import generate_scene
+from florence_vl.eval.linear_probe import linear_probe
 from florence_vl.florence2.checkpoint import load_florence2
 from florence_vl.train.object_crops import box_pool_weights
 
@@ -82,27 +83,8 @@ while len(labels) < wanted:
     features.setdefault("pixels, 6x8 points", []).extend(sampled(pixels[0], regions, scene.image.size, 6, 8))
 
 
-def probe(X: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    X = (X - X.mean(0)) / (X.std(0) + 1e-6)
-    cut = int(0.8 * len(y))
-    w = torch.zeros(X.shape[1], len(CHARACTERS), requires_grad=True)
-    bias = torch.zeros(len(CHARACTERS), requires_grad=True)
-    opt = torch.optim.LBFGS([w, bias], max_iter=300)
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(X[:cut] @ w + bias, y[:cut]) + 1e-3 * (w ** 2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    accuracy = ((X[cut:] @ w + bias).argmax(1) == y[cut:]).float().mean().item()
-    majority = torch.bincount(y[:cut], minlength=len(CHARACTERS)).argmax()
-    return accuracy, (y[cut:] == majority).float().mean().item()
-
-
 print(f"{sys.argv[1]}: first character of {len(labels)} strings ({len(CHARACTERS)} classes)")
 y = torch.tensor(labels)
 for name in sorted(features):
     X = torch.stack(features[name])
-    print(f"  {name}, {X.shape[1]} features: %.3f (majority %.3f)" % probe(X, y))
+    print(f"  {name}, {X.shape[1]} features: %.3f (majority %.3f)" % linear_probe(X, y, len(CHARACTERS)))
