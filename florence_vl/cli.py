@@ -167,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--limit", type=int, help="florence2 and vl: evaluate only the first N images")
     _add_model_options(evaluate)
     _add_output_options(evaluate)
-    evaluate.set_defaults(beams=1, max_new_tokens=256)
+    # The decoding users get from `tasks` and the published generation config (3 beams); --beams 1 for greedy.
+    evaluate.set_defaults(beams=3, max_new_tokens=256)
 
     from .vl.commands import add_chat_parser
 

@@ -135,3 +135,18 @@ def test_box_score_option_on_every_florence2_command(capsys):
         main(["tasks", "x.png", "--task", "OD", "--box-score", "mean"])
     assert exit_.value.code == 2
     assert "invalid choice: 'mean'" in capsys.readouterr().err
+
+
+def test_eval_decodes_like_tasks_by_default():
+    """`eval florence2` scores the decoding users get from `tasks` (3 beams, the published generation config);
+    --beams 1 is greedy."""
+    import inspect
+
+    from florence_vl.cli import build_parser
+    from florence_vl.eval.florence2_eval import evaluate_florence2
+
+    parser = build_parser()
+    assert parser.parse_args(["eval", "florence2", "--data", "d"]).beams == 3
+    assert parser.parse_args(["tasks", "x.png", "--task", "OD"]).beams == 3
+    assert parser.parse_args(["eval", "florence2", "--data", "d", "--beams", "1"]).beams == 1
+    assert inspect.signature(evaluate_florence2).parameters["num_beams"].default == 3

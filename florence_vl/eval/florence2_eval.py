@@ -201,7 +201,7 @@ def _ratio_or_none(value: float, n: int) -> float | None:
 
 
 def evaluate_florence2(florence: Florence2 | None, data_dir, *, limit: int | None = None, batch_size: int = 8,
-                       num_beams: int = 1, max_new_tokens: int = 256, predict: Predictor | None = None,
+                       num_beams: int = 3, max_new_tokens: int = 256, predict: Predictor | None = None,
                        progress: bool = True, max_expressions_per_image: int = 2,
                        baseline_train_scenes: int = 500, ocr_with_region: bool = True,
                        caption_tasks: Sequence[str] = tuple(CAPTION_TASKS), stop_loops: bool = True,
