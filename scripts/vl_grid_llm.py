@@ -29,6 +29,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--every", type=int, default=250, help="score (and checkpoint) every this many steps")
     parser.add_argument("--count", type=int, default=300, help="questions per yes/no type when scoring")
+    parser.add_argument("--turns", type=int, default=1,
+                        help="questions per row, all about its image (more answers per grid; default 1)")
     parser.add_argument("--out", required=True, help="run folder (resumes from its checkpoints)")
     args = parser.parse_args()
 
@@ -53,7 +55,8 @@ def main() -> None:
     processor = VLProcessor(tokenizer, bundle.image_processor, model.config.template, model.config.image_aspect_ratio,
                             max_length=384)
     types = tuple(args.types)
-    batches = ReadBatches(args.train, processor, tokenizer, tokens, args.batch_size, word_steps=10 ** 9, types=types)
+    batches = ReadBatches(args.train, processor, tokenizer, tokens, args.batch_size, word_steps=10 ** 9, types=types,
+                           turns_per_row=args.turns)
     scored = ReadBatches(args.test, processor, tokenizer, tokens, 1, types=types)
     yes_no = [kind for kind in scored.types if scored.is_yes_no(kind)]
     out = Path(args.out)

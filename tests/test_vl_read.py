@@ -234,3 +234,30 @@ def test_yes_no_auc_reads_the_margin_whatever_the_prior(world, tiny_florence2_di
     assert auc == yes_no_auc(model, batches, "exist", count=12, batch_size=3)             # chunking changes nothing
     with pytest.raises(InputError, match="yes/no"):
         yes_no_auc(model, batches, "color")
+
+
+def test_rows_of_several_turns_ask_about_their_own_image(world, tiny_florence2_dir):
+    """turns_per_row > 1: each row goes on with more questions about its image (one grid, more answers to learn
+    from), every turn's answer a target; the first turn is the single-turn row's."""
+    from florence_vl.errors import InputError
+    from florence_vl.vl.model import IGNORE_INDEX
+
+    model, tok, processor = _tiny(world, tiny_florence2_dir)
+    single = _batches(model, tok, processor, world, batch_size=8, types=("exist", "color"))
+    several = _batches(model, tok, processor, world, batch_size=8, types=("exist", "color"), turns_per_row=4)
+    one, four = single(3), several(3)
+    assert torch.equal(one["name_ids"], four["name_ids"])                 # the same images, drawn the same way
+    first = several._draw(random.Random(f"{several.seed}-read-3"))
+    more = several._more_turns(first, random.Random(f"{several.seed}-turns-3"))
+    assert 1 <= len(more) <= 3
+    asked = {user: answer for kind in several.of_record[first[0]].values()
+             for answer, users in kind.items() for user in users}
+    assert all(asked[user] == answer for user, answer in more)           # questions about the first row's image
+    text = tok.decode([i for i in four["input_ids"][0].tolist() if i >= 0])
+    assert all(user.split("\n")[0] in text for user, _ in more)
+    targets = [tok.decode([i for i in row.tolist() if i != IGNORE_INDEX]) for row in four["labels"]]
+    singles = [tok.decode([i for i in row.tolist() if i != IGNORE_INDEX]) for row in one["labels"]]
+    assert all(t.startswith(s) and len(t) > len(s) for t, s in zip(targets, singles) if t != s)
+    assert sum(len(t) > len(s) for t, s in zip(targets, singles)) >= 6
+    with pytest.raises(InputError, match="turns_per_row"):
+        _batches(model, tok, processor, world, batch_size=8, turns_per_row=0)

@@ -51,12 +51,15 @@ class ReadBatches:
 
     def __init__(self, folder: str | Path, processor, tokenizer, num_image_tokens: int, batch_size: int,
                  seed: int = 0, word_steps: int = 0, real_share: float = 0.3, types=READ_TYPES,
-                 min_cover: float = 0.1, type_weights: dict[str, float] | None = None):
+                 min_cover: float = 0.1, type_weights: dict[str, float] | None = None, turns_per_row: int = 1):
         from ..data.formats import question_instruction
 
         self.folder = Path(folder)
         self.processor, self.batch_size, self.seed = processor, batch_size, seed
         self.word_steps, self.real_share = word_steps, real_share
+        if turns_per_row < 1:
+            raise InputError(f"turns_per_row must be at least 1, got {turns_per_row}")
+        self.turns_per_row = turns_per_row
         self.side = grid_side(num_image_tokens)
         self.min_cover = min_cover
         # per type, per answer: (record index, user turn, answer)
@@ -83,6 +86,12 @@ class ReadBatches:
         self.weights = [float(weights.get(kind, 1.0)) for kind in self.types] if weights else None
         self.every = {kind: [q for answer in sorted(by_answer) for q in by_answer[answer]]
                       for kind, by_answer in self.questions.items()}
+        # per record, per type, per answer: the user turns (for rows of several turns about one image)
+        self.of_record: dict[int, dict[str, dict[str, list[str]]]] = {}
+        for kind, by_answer in self.questions.items():
+            for answer, asked in by_answer.items():
+                for index, user, _ in asked:
+                    self.of_record.setdefault(index, {}).setdefault(kind, {}).setdefault(answer, []).append(user)
         self.names = {}
         self.tokenizer = tokenizer
         self._owners: dict[int, list[int]] = {}
@@ -108,6 +117,22 @@ class ReadBatches:
             return rng.choice(by_answer[rng.choice(sorted(by_answer))])
         return rng.choice(self.every[kind])
 
+    def _more_turns(self, first: tuple[int, str, str], rng: random.Random) -> list[tuple[str, str]]:
+        """Up to turns_per_row - 1 more questions about the first one's image: each of a type the image has, its
+        answer drawn evenly among that type's answers there (half "yes" where both occur); a repeat of the first
+        question is dropped."""
+        index, user, _ = first
+        mine, turns = self.of_record[index], []
+        for _ in range(self.turns_per_row - 1):
+            kinds = [kind for kind in self.types if kind in mine]
+            kind = rng.choice(kinds)
+            by_answer = mine[kind]
+            answer = rng.choice(sorted(by_answer))
+            asked = rng.choice(by_answer[answer])
+            if asked != user:
+                turns.append((asked, answer))
+        return turns
+
     def _alpha(self, step: int, rng: random.Random) -> float:
         if step < self.word_steps:
             return 1.0
@@ -119,13 +144,20 @@ class ReadBatches:
         for _ in range(self.batch_size):
             drawn.append(self._draw(rng))
             alphas.append(self._alpha(step, rng))
-        return self.batch(drawn, alphas)
+        more = None
+        if self.turns_per_row > 1:      # drawn apart, so a row's first turn is the single-turn row's
+            turns = random.Random(f"{self.seed}-turns-{step}")
+            more = [self._more_turns(first, turns) for first in drawn]
+        return self.batch(drawn, alphas, more)
 
-    def batch(self, drawn: list[tuple[int, str, str]], alphas: list[float]) -> dict:
-        """The rows of `drawn` questions ((record index, user turn, answer)) with these blend weights."""
+    def batch(self, drawn: list[tuple[int, str, str]], alphas: list[float],
+              more: list[list[tuple[str, str]]] | None = None) -> dict:
+        """The rows of `drawn` questions ((record index, user turn, answer)) with these blend weights, each
+        followed by its `more` turns ((user turn, answer)) about the same image."""
         rows, labels, names, indices = [], [], [], []
-        for index, user, answer in drawn:
-            ids, target = self.processor.encode([("<image>\n" + user, answer)])
+        for row, (index, user, answer) in enumerate(drawn):
+            turns = [("<image>\n" + user, answer)] + (list(more[row]) if more else [])
+            ids, target = self.processor.encode(turns)
             rows.append(ids)
             labels.append(target)
             objects = self.records[index]["objects"]
