@@ -27,7 +27,8 @@ def _task_list() -> str:
     return "\n".join(f"  {t.name:<{width}}  {t.description}" for t in TASKS.values())
 
 
-def _add_model_options(p: argparse.ArgumentParser) -> None:
+def _add_model_options(p: argparse.ArgumentParser,
+                       beams_help: str = "beam width; 1 = greedy (default: %(default)s)") -> None:
     p.add_argument("--model", default="nano", help="checkpoint directory or hub id, native or original "
                    "Florence-2 layout (default: the shipped nano model)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
@@ -37,7 +38,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-pickle", action="store_true",
                    help="allow a pytorch_model.bin (pickle) checkpoint; only for files you trust")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
-    p.add_argument("--beams", type=int, default=3, help="beam width; 1 = greedy (default: %(default)s)")
+    p.add_argument("--beams", type=int, default=3, help=beams_help)
     p.add_argument("--max-new-tokens", type=int, default=1024, help="generation limit (default: %(default)s)")
 
 
@@ -165,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--n", type=int, default=200, help="unicl: number of scenes (default: 200)")
     evaluate.add_argument("--out", help="write the metrics as JSON here")
     evaluate.add_argument("--limit", type=int, help="florence2 and vl: evaluate only the first N images")
-    _add_model_options(evaluate)
+    _add_model_options(evaluate, beams_help="florence2: beam width, 1 = greedy (default: 3, as `tasks`); "
+                       "vl answers greedily")
     _add_output_options(evaluate)
     # The decoding users get from `tasks` and the published generation config (3 beams); --beams 1 for greedy.
     evaluate.set_defaults(beams=3, max_new_tokens=256)
