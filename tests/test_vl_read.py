@@ -140,9 +140,16 @@ def test_recipe_runs_read_after_stage2(tmp_path, world, tiny_florence2_dir, monk
     from florence_vl.errors import InputError
     from florence_vl.train.vl import VLRecipe, run
 
+    from florence_vl.train import read
+
     loaded = record_loads(monkeypatch)
-    data = quick_recipe(tmp_path / "run", world, tiny_florence2_dir, read={"data": str(world), "word_steps": 1})
+    made = []
+    monkeypatch.setattr(read.ReadBatches, "__init__",
+                        lambda self, *a, _init=read.ReadBatches.__init__, **k: made.append(k) or _init(self, *a, **k))
+    data = quick_recipe(tmp_path / "run", world, tiny_florence2_dir,
+                        read={"data": str(world), "word_steps": 1, "turns_per_row": 2})
     final = run(VLRecipe.from_dict(data), progress=False)
+    assert [k["turns_per_row"] for k in made] == [2]                                # the recipe's field reaches the rows
     out = tmp_path / "run"
     assert final == out / "read" / "model" and (final / "florence_vl.json").exists()
     assert loaded == [out / "stage1" / "model", out / "stage2" / "model"]       # read starts from stage 2

@@ -54,6 +54,7 @@ class StageConfig:
     real_share: float = 0.3          # read: after those, the share of rows on the real tokens alone
     types: list[str] = field(default_factory=list)       # read: question types (empty: READ_TYPES; "conjunction"
     type_weights: dict = field(default_factory=dict)     # ... adds generated ones); how often each is drawn (1)
+    turns_per_row: int = 1           # read: questions per row, all about its image (more answers per image)
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=0, precision="no"))
 
     @classmethod
@@ -357,7 +358,8 @@ def run_read(model: FlorenceVLForCausalLM, processor: VLProcessor, tokenizer, st
         batches = ReadBatches(_world_folder(stage, "read"), processor, tokenizer,
                               model.vision_tower.num_image_tokens, stage.batch_size, seed=stage.loop.seed,
                               word_steps=stage.word_steps, real_share=stage.real_share,
-                              types=tuple(stage.types) or READ_TYPES, type_weights=stage.type_weights)
+                              types=tuple(stage.types) or READ_TYPES, type_weights=stage.type_weights,
+                              turns_per_row=stage.turns_per_row)
         return train(model, batches, read_loss, stage.loop, out, progress=progress)
 
 
