@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from florence_vl import Florence2
-from florence_vl.eval.florence2_eval import _enclosing_box as enclosing_box  # the eval's own REC box
+from florence_vl.eval.florence2_eval import enclosing_box  # the eval's own REC box
 from florence_vl.eval.metrics import box_iou
 from florence_vl.florence2.runner import TaskRequest
 
@@ -38,7 +38,7 @@ def main(path: str, n: int = 200, split: str = "test", beams: int = 3) -> None:
             continue
         overlaps = [(box_iou(box, other["bbox"]), other is obj) for other in record["objects"]]
         best, is_meant = max(overlaps, key=lambda pair: pair[0])
-        if box_iou(box, obj["bbox"]) >= 0.5:
+        if next(iou for iou, meant in overlaps if meant) >= 0.5:
             kinds["hit"] += 1
         elif best == 0.0:
             kinds["no object"] += 1

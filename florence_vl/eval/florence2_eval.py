@@ -180,7 +180,8 @@ def _train_captions(n_scenes: int) -> dict[str, list[str]]:
 # ----------------------------------------------------------------------------------------- predictions
 
 
-def _enclosing_box(output: Any) -> list[float] | None:
+def enclosing_box(output: Any) -> list[float] | None:
+    """The box around a referring-segmentation output's polygons (what REC scores), None without any."""
     polygons = output.get("polygons") if isinstance(output, dict) else None
     xs, ys = [], []
     for instance in polygons or []:
@@ -272,7 +273,7 @@ def evaluate_florence2(florence: Florence2 | None, data_dir, *, limit: int | Non
     od.update(n_gt=len(gt["annotations"]), skipped_labels=sum(predictions.skipped.values()))
 
     # -- REC / RES: one referring-segmentation prediction scored as a box and as a mask
-    pred_boxes = [_enclosing_box(results[i].output) for i, _, _ in rec_idx]
+    pred_boxes = [enclosing_box(results[i].output) for i, _, _ in rec_idx]
     gt_boxes = [o["bbox"] for _, _, o in rec_idx]
     n_rec = len(rec_idx)
     rec = {"acc@0.5": _ratio_or_none(referring_accuracy(pred_boxes, gt_boxes), n_rec), "n": n_rec,

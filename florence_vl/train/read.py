@@ -123,8 +123,8 @@ class ReadBatches:
         question is dropped."""
         index, user, _ = first
         mine, turns = self.of_record[index], []
+        kinds = [kind for kind in self.types if kind in mine]
         for _ in range(self.turns_per_row - 1):
-            kinds = [kind for kind in self.types if kind in mine]
             kind = rng.choice(kinds)
             by_answer = mine[kind]
             answer = rng.choice(sorted(by_answer))
