@@ -166,11 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--n", type=int, default=200, help="unicl: number of scenes (default: 200)")
     evaluate.add_argument("--out", help="write the metrics as JSON here")
     evaluate.add_argument("--limit", type=int, help="florence2 and vl: evaluate only the first N images")
-    _add_model_options(evaluate, beams_help="florence2: beam width, 1 = greedy (default: 3, as `tasks`); "
+    # --beams keeps _add_model_options' default, the decoding users get from `tasks` and the published generation
+    # config (3 beams); --beams 1 for greedy.
+    _add_model_options(evaluate, beams_help="florence2: beam width, 1 = greedy (default: %(default)s, as `tasks`); "
                        "vl answers greedily")
     _add_output_options(evaluate)
-    # The decoding users get from `tasks` and the published generation config (3 beams); --beams 1 for greedy.
-    evaluate.set_defaults(beams=3, max_new_tokens=256)
+    evaluate.set_defaults(max_new_tokens=256)
 
     from .vl.commands import add_chat_parser
 
