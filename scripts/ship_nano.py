@@ -1,6 +1,6 @@
 """Copy the trained nano lineage from runs/ into models/nano/, the shipped default models.
 
-    python scripts/ship_nano.py [--unicl runs/unicl-nano/model] [--florence2 runs/florence2-nano-names-23/model]
+    python scripts/ship_nano.py [--unicl runs/unicl-nano/model] [--florence2 runs/florence2-nano-names-24/model]
                                 [--florence-vl runs/florence-vl-nano/stage2/model] [--parts florence_vl]
 
 Every model is stored in bf16, half the bytes, which keeps the lineage under its ~60 MB budget, and loaded back
@@ -35,7 +35,7 @@ def copy_dir(src: Path, dst: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--unicl", default="runs/unicl-nano/model")
-    parser.add_argument("--florence2", default="runs/florence2-nano-names-23/model")
+    parser.add_argument("--florence2", default="runs/florence2-nano-names-24/model")
     parser.add_argument("--florence-vl", default="runs/florence-vl-nano/stage2/model")
     parser.add_argument("--parts", default="unicl,florence2",
                         help="comma-separated: unicl, florence2, florence_vl (default: unicl,florence2)")
