@@ -60,8 +60,8 @@ nano-loc: install
 
 # Then a tower stage (DaViT on labelled object crops, configs/florence2-nano-crops.yaml, ~11 min) and stage 3,
 # names, in twenty-three parts (configs/florence2-nano-names.yaml, then -names-2.yaml .. -names-18.yaml and -names-20.yaml
-# to -names-24.yaml, each starting from the one before; -names-19.yaml, stage 3s, was not shipped; their times, ~15 to
-# ~135 min each and ~24 h in all on a 2-core AVX2 EPYC, are in docs/nano.md):
+# to -names-24.yaml, each starting from the one before; -names-19.yaml (stage 3s) and -names-25.yaml (stage 3y) were
+# not shipped; their times, ~15 to ~135 min each and ~25 h in all on a 2-core AVX2 EPYC, are in docs/nano.md):
 # the encoder and decoder learn to read the new tower, which keeps its shape loss. The result is the shipped
 # Florence-2-nano (docs/nano.md).
 NAMES_PARTS := names $(addprefix names-,2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 20 21 22 23 24)
