@@ -69,7 +69,7 @@ nano-names: install
 	test -f runs/florence2-nano-loc/model/config.json || $(MAKE) nano-loc
 	$(BIN)/florence-vl train crops configs/florence2-nano-crops.yaml
 	for part in $(NAMES_PARTS); do $(BIN)/florence-vl train florence2 configs/florence2-nano-$$part.yaml || exit 1; done
-	$(MAKE) eval-nano NANO_MODEL=runs/florence2-nano-names-24/model
+	$(MAKE) eval-nano NANO_MODEL=runs/florence2-nano-$(lastword $(NAMES_PARTS))/model
 
 PARTS ?= unicl,florence2
 ship-nano: install
